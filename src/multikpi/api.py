@@ -1,0 +1,41 @@
+"""The Python API, mirroring the CLI: train, evaluate, predict, load_config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from multikpi.config.load import config_from_dict, load_config
+from multikpi.config.schema import RunConfig
+from multikpi.data.tabular import read_table
+from multikpi.eval.evaluate import model_outputs, task_metrics
+from multikpi.serve.predictor import Predictor
+from multikpi.train.loop import train as _train_loop
+from multikpi.train.run import Run, needed_columns
+
+__all__ = ["evaluate", "load_config", "predict", "train"]
+
+
+def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+          out_dir: str | Path | None = None) -> Run:
+    """Train from a RunConfig, a YAML path (with `key.path=value` overrides) or a plain dict."""
+    if isinstance(config, (str, Path)):
+        config = load_config(config, overrides)
+    elif isinstance(config, dict):
+        config = config_from_dict(config)
+    return _train_loop(config, out_dir)
+
+
+def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float]]:
+    """Per-task metrics of a finished run on a labelled Parquet/CSV file: task -> metric -> value."""
+    predictor = Predictor.load(run_dir)
+    table = read_table(data, needed_columns(predictor.config))
+    encoded = predictor.encoder.encode(table)
+    outputs = model_outputs(predictor.model, encoded, predictor.config.train.eval_batch_size)
+    return task_metrics(outputs, encoded, predictor.encoder)
+
+
+def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] = ()) -> pa.Table:
+    """Estimates of a finished run: `keep` columns, then one column per task."""
+    return Predictor.load(run_dir).predict(data, keep)

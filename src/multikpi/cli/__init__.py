@@ -1,0 +1,1 @@
+"""The `multikpi` command line."""

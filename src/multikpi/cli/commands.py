@@ -1,0 +1,80 @@
+"""One function per subcommand. Each returns an exit code (None = 0)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from multikpi import api
+from multikpi.config.load import load_config
+from multikpi.data.synthetic import make_feed
+from multikpi.data.tabular import write_table
+from multikpi.errors import DataError
+from multikpi.serve.artifact import write_json
+
+DATASETS: dict[str, Callable[[int, int, int], pa.Table]] = {
+    "feed": lambda rows, seed, world_seed: make_feed(rows, seed=seed, world_seed=world_seed),
+}
+
+
+def make_data(args: argparse.Namespace) -> None:
+    if args.rows <= 0:
+        raise DataError(f"--rows must be a positive integer. Got {args.rows}")
+    if args.seed < 0 or args.world_seed < 0:
+        raise DataError(f"--seed and --world-seed must be >= 0. Got {args.seed} and {args.world_seed}")
+    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed)
+    write_table(table, args.out)
+    print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {args.out}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.overrides)
+    print(f"{args.config}: valid ({len(config.tasks)} tasks: {', '.join(config.tasks)})")
+
+
+def train(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.overrides)
+    run = api.train(config, out_dir=args.out_dir)
+    print(format_metrics({k: v for k, v in run.metrics.items() if k in ("train", "valid", "test")}))
+    print(f"run written to {run.run_dir}")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    metrics = api.evaluate(args.run_dir, args.data)
+    if args.json:
+        write_json(Path(args.json), metrics)
+    print(format_metrics({Path(args.data).name: metrics}))
+
+
+def predict(args: argparse.Namespace) -> None:
+    keep = [c for c in args.keep.split(",") if c]
+    table = api.predict(args.run_dir, args.data, keep)
+    write_table(table, args.out)
+    print(f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}")
+
+
+BINARY_COLUMNS = ("auc", "logloss", "calibration", "pos_rate", "count")
+REGRESSION_COLUMNS = ("rmse", "mae", "pearson", "pearson_log1p", "rmse_log1p", "count")
+
+
+def format_metrics(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
+    """split -> task -> metric -> value, as an aligned text table (one row per split and task)."""
+    lines = [f"{'split':<10} {'task':<14} metrics"]
+    for split, tasks in metrics.items():
+        for task, values in tasks.items():
+            names = BINARY_COLUMNS if "auc" in values else REGRESSION_COLUMNS
+            cells = [f"{n}={_fmt(values[n])}" for n in names if n in values]
+            lines.append(f"{split:<10} {task:<14} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"

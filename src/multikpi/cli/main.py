@@ -1,0 +1,64 @@
+"""`multikpi` command line: parses arguments and dispatches to one function per subcommand.
+
+Any MultiKPIError (bad config, bad data, bad run directory) is printed as one line and exits 2;
+other exceptions are bugs and keep their traceback."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from multikpi.cli import commands
+from multikpi.errors import MultiKPIError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multikpi", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-data", help="write a built-in synthetic dataset")
+    p.add_argument("kind", choices=sorted(commands.DATASETS))
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--out", required=True, help="output .parquet or .csv")
+    p.add_argument("--seed", type=int, default=0, help="row seed (files with different seeds share one world)")
+    p.add_argument("--world-seed", type=int, default=2024)
+    p.set_defaults(run=commands.make_data)
+
+    p = sub.add_parser("validate", help="check a config and report every problem")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.set_defaults(run=commands.validate)
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--out-dir", help="run directory (default: out_dir of the config)")
+    p.set_defaults(run=commands.train)
+
+    p = sub.add_parser("evaluate", help="per-task metrics of a run on a labelled file")
+    p.add_argument("run_dir")
+    p.add_argument("data")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(run=commands.evaluate)
+
+    p = sub.add_parser("predict", help="write one estimate column per task")
+    p.add_argument("run_dir")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="output .parquet or .csv")
+    p.add_argument("--keep", default="", help="comma-separated id columns to pass through")
+    p.set_defaults(run=commands.predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args) or 0
+    except MultiKPIError as err:
+        print(f"multikpi {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""YAML -> dict -> RunConfig, with `key.path=value` overrides. Every problem in the file is
+collected into one ConfigError, with a suggestion for misspelt keys."""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from multikpi.config.schema import RunConfig
+from multikpi.config.validate import validate_config
+from multikpi.errors import ConfigError
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply `key.path=value` overrides, parse and validate it.
+
+    Raises ConfigError listing every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"file not found: {str(path)!r}"], source="config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = str(err).replace("\n", " ")
+        raise ConfigError([f"is not valid YAML: {reason}"], source=str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"must be a mapping of sections. Got {type(raw).__name__}"], source=str(path))
+    return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Parse and validate an already-loaded mapping (the Python API's entry point)."""
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError([_describe(e) for e in err.errors()], source=source) from None
+    problems = validate_config(config)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return config
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b.c=value` set; the value is parsed as YAML."""
+    out = _deep_copy(raw)
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override must look like key.path=value. Got {item!r}")
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"override {key!r}: {part!r} is not a section")
+                break
+        else:
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    if problems:
+        raise ConfigError(problems, source="overrides")
+    return out
+
+
+def _deep_copy(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _deep_copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_deep_copy(v) for v in node]
+    return node
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error -> a message that names the key, what is allowed and what was given."""
+    loc = [str(p) for p in error["loc"]]
+    path = ".".join(loc)
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(error["loc"][:-1])
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        suggestion = f"; did you mean `{hint[0]}`?" if hint else f"; allowed: {', '.join(allowed)}"
+        return f"unknown key `{path}`{suggestion}"
+    if kind == "missing":
+        return f"`{path}` is required"
+    if kind == "literal_error":
+        expected = error["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return f"`{path}` must be one of {expected}. Got {given!r}."
+    message = error["msg"][0].lower() + error["msg"][1:]
+    return f"`{path}`: {message}. Got {given!r}."
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Names of the keys allowed at `loc` in RunConfig (walks models, dicts and optionals)."""
+    annotation: Any = RunConfig
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` -> X."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return options[0] if len(options) == 1 else annotation
+    return annotation

@@ -1,0 +1,112 @@
+"""Typed configuration. A YAML file is parsed once into these frozen objects (pydantic v2);
+unknown keys are rejected. Cross-field rules (references between tasks, cycles, weights that
+must name every task) live in `validate.py` so that all problems are reported together."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class Spec(BaseModel):
+    """Base of every config section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(Spec):
+    train: str
+    valid: str | None = None
+    test: str | None = None
+    categorical: list[str] = Field(default_factory=list)
+    dense: list[str] = Field(default_factory=list)
+    log1p: list[str] = Field(default_factory=list, description="dense columns to log1p before standardizing")
+    min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
+    id_columns: list[str] = Field(default_factory=list, description="passed through by predict and rank")
+
+
+class TaskSpec(Spec):
+    kind: Literal["binary", "regression"]
+    label: str
+    transform: Literal["none", "log1p"] = "none"
+    inputs_from: list[str] = Field(default_factory=list, description="tasks whose estimate feeds this tower")
+    stop_gradient: bool = True
+    upstream_as: Literal["prob", "logit"] = "prob"
+    train_on: str | None = Field(None, description="binary task whose label must be 1 for this task to count")
+
+
+class ModelSpec(Spec):
+    arch: Literal["shared_bottom"] = "shared_bottom"
+    embedding_dim: PositiveInt = 16
+    shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
+    tower: list[PositiveInt] = Field(default_factory=lambda: [64])
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class UncertaintySpec(Spec):
+    form: Literal["kendall", "plain"] = "kendall"
+    init: float = 0.0
+
+
+class LossSpec(Spec):
+    combine: Literal["sum", "weighted", "uncertainty", "gradnorm", "dwa"] = "sum"
+    weights: dict[str, float] = Field(default_factory=dict)
+    uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
+    gradnorm_alpha: float = Field(1.5, ge=0.0)
+    dwa_temperature: float = Field(2.0, gt=0.0)
+    dwa_window: PositiveInt | None = Field(None, description="steps per DWA period; None = one epoch")
+
+
+class ScheduleSpec(Spec):
+    name: Literal["constant", "warmup_cosine", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    step_size: PositiveInt = 1000
+    gamma: float = Field(0.1, gt=0.0)
+
+
+class OptimizerSpec(Spec):
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(1e-3, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0.0)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+
+class GroupOptimizerSpec(Spec):
+    """Per-subnet override: any field left out takes the value of `optim.default`."""
+
+    name: Literal["adam", "adamw", "sgd", "adagrad"] | None = None
+    lr: float | None = Field(None, ge=0.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+    betas: tuple[float, float] | None = None
+    momentum: float | None = Field(None, ge=0.0)
+    schedule: ScheduleSpec | None = None
+
+
+class OptimSpec(Spec):
+    default: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    groups: dict[str, GroupOptimizerSpec] = Field(default_factory=dict)
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+class TrainSpec(Spec):
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 4096
+    seed: int = 0
+    threads: PositiveInt | None = None
+    log_every: PositiveInt = 50
+    eval_batch_size: PositiveInt = 16384
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: Literal["auto", "on", "off"] = "auto"
+
+
+class RunConfig(Spec):
+    data: DataSpec
+    tasks: dict[str, TaskSpec]
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    out_dir: str = "runs/latest"

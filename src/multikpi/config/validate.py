@@ -1,0 +1,149 @@
+"""Cross-field checks of a parsed RunConfig. Each check returns problems instead of raising,
+so that a file with several mistakes is reported in one go."""
+from __future__ import annotations
+
+import re
+
+from multikpi.config.schema import RunConfig
+
+TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Subnets that each architecture owns besides `embeddings`, `heads.<task>` and `loss`.
+ARCH_SUBNETS: dict[str, tuple[str, ...]] = {
+    "shared_bottom": ("shared",),
+}
+
+
+def validate_config(config: RunConfig) -> list[str]:
+    """All cross-field problems of `config`, as messages (empty when the config is valid)."""
+    return (
+        _check_tasks(config)
+        + _check_columns(config)
+        + _check_loss(config)
+        + _check_optim(config)
+    )
+
+
+def task_order(config: RunConfig) -> list[str]:
+    """Tasks in topological order of `inputs_from` (upstream first). Assumes no cycle."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for upstream in config.tasks[name].inputs_from:
+            visit(upstream)
+        order.append(name)
+
+    for name in config.tasks:
+        visit(name)
+    return order
+
+
+def find_cycle(config: RunConfig) -> list[str] | None:
+    """A cycle of `inputs_from` edges, as task names from and back to the same task, or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for upstream in config.tasks[name].inputs_from:
+            if upstream not in config.tasks:
+                continue
+            if state.get(upstream) == 1:
+                return path[path.index(upstream):] + [upstream]
+            if upstream not in state and (cycle := visit(upstream)):
+                return cycle
+        state[name] = 2
+        path.pop()
+        return None
+
+    for name in config.tasks:
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def _check_tasks(config: RunConfig) -> list[str]:
+    problems = []
+    if not config.tasks:
+        problems.append("`tasks` must name at least one task")
+    names = sorted(config.tasks)
+    for name, task in config.tasks.items():
+        if not TASK_NAME.match(name):
+            problems.append(f"task name must be a letter or _ followed by letters, digits or _. Got {name!r}")
+        for upstream in task.inputs_from:
+            if upstream not in config.tasks:
+                problems.append(f"`tasks.{name}.inputs_from` must name tasks among {names}. Got {upstream!r}")
+        if task.train_on is not None:
+            parent = config.tasks.get(task.train_on)
+            if parent is None or task.train_on == name:
+                others = [n for n in names if n != name]
+                problems.append(f"`tasks.{name}.train_on` must be another task among {others}. Got {task.train_on!r}")
+            elif parent.kind != "binary":
+                problems.append(f"`tasks.{name}.train_on` must name a binary task. Got {task.train_on!r} ({parent.kind})")
+    cycle = find_cycle(config)
+    if cycle:
+        problems.append(f"`inputs_from` edges must not form a cycle. Got {' -> '.join(cycle)}")
+    return problems
+
+
+def _check_columns(config: RunConfig) -> list[str]:
+    data = config.data
+    problems = []
+    for kind, columns in (("categorical", data.categorical), ("dense", data.dense)):
+        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicates:
+            problems.append(f"`data.{kind}` lists columns more than once: {duplicates}")
+    both = sorted(set(data.categorical) & set(data.dense))
+    if both:
+        problems.append(f"columns must be either categorical or dense, not both. Got {both}")
+    stray = sorted(set(data.log1p) - set(data.dense))
+    if stray:
+        problems.append(f"`data.log1p` must name columns of `data.dense`. Got {stray}")
+    if not data.categorical and not data.dense:
+        problems.append("`data.categorical` and `data.dense` are both empty: the model needs input features")
+    labels = {t.label for t in config.tasks.values()}
+    leaked = sorted(labels & (set(data.categorical) | set(data.dense)))
+    if leaked:
+        problems.append(f"label columns must not also be input features. Got {leaked}")
+    return problems
+
+
+def _check_loss(config: RunConfig) -> list[str]:
+    loss, names = config.loss, sorted(config.tasks)
+    problems = []
+    if loss.combine == "weighted":
+        missing = sorted(set(names) - set(loss.weights))
+        if missing:
+            problems.append(f"`loss.weights` must give a weight for every task {names}. Missing {missing}")
+    elif loss.weights:
+        problems.append(f"`loss.weights` is only used with `loss.combine: weighted`. Got combine {loss.combine!r}")
+    unknown = sorted(set(loss.weights) - set(names))
+    if unknown:
+        problems.append(f"`loss.weights` must name tasks among {names}. Got {unknown}")
+    negative = sorted(t for t, w in loss.weights.items() if w < 0)
+    if negative:
+        problems.append(f"`loss.weights` must be >= 0. Got negative weights for {negative}")
+    return problems
+
+
+def subnet_names(config: RunConfig) -> list[str]:
+    """The optimizer groups this config's model has: shared subnets, `embeddings`, heads, `loss`."""
+    names = ["embeddings"] + list(ARCH_SUBNETS[config.model.arch])
+    return names + [f"heads.{t}" for t in config.tasks] + ["loss"]
+
+
+def _check_optim(config: RunConfig) -> list[str]:
+    allowed = subnet_names(config)
+    unknown = sorted(set(config.optim.groups) - set(allowed))
+    problems = []
+    if unknown:
+        problems.append(f"`optim.groups` keys must be among {allowed}. Got {unknown}")
+    loss_group = config.optim.groups.get("loss")
+    if loss_group is not None and loss_group.weight_decay not in (None, 0.0):
+        problems.append(f"`optim.groups.loss.weight_decay` must be 0: the loss weights are not decayed. "
+                        f"Got {loss_group.weight_decay}")
+    return problems

@@ -1,0 +1,44 @@
+"""Mini-batches taken by index from pre-encoded contiguous tensors.
+
+No DataLoader and no per-row collate: one `index_select` per tensor per batch, which costs well
+under a second per million rows (per-row batching was 40% of a peer's epoch)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from multikpi.data.encoders import EncodedData
+
+
+@dataclass(frozen=True)
+class Batch:
+    """B rows. categorical (B, F) int64; dense (B, D) float32; labels (B, T) float32, NaN = no label."""
+
+    categorical: torch.Tensor
+    dense: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device))
+
+
+def batch_at(data: EncodedData, index: torch.Tensor) -> Batch:
+    """The rows `index` (1-D int64) of `data`."""
+    return Batch(data.categorical.index_select(0, index), data.dense.index_select(0, index),
+                 data.labels.index_select(0, index))
+
+
+def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """One epoch in a random order drawn from `generator`; the last batch may be smaller."""
+    order = torch.randperm(data.num_rows, generator=generator)
+    for index in order.split(batch_size):
+        yield batch_at(data, index)
+
+
+def ordered_batches(data: EncodedData, batch_size: int) -> Iterator[Batch]:
+    """Rows in file order, as contiguous slices (no copy)."""
+    for start in range(0, data.num_rows, batch_size):
+        stop = start + batch_size
+        yield Batch(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop])

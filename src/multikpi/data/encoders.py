@@ -1,0 +1,265 @@
+"""Feature and label encoders, fit on the training split only and saved with the model.
+
+Categorical: a vocabulary per column (ids seen at least `min_frequency` times in train).
+Index 0 is reserved for out-of-vocabulary: unseen, rare and null ids all map to it.
+
+Dense: optional log1p (negative values clipped to 0 first), then standardized with the train
+mean and std. A column that had NaN in train gets a 0/1 missing-indicator input; NaN is then
+imputed with 0, the train mean after standardization.
+
+Labels: binary labels must be 0/1; regression labels get the configured transform and are
+standardized with train statistics (the model learns on that scale; predictions are mapped back
+to original units). A null label is NaN in the encoded array: no loss and no metric. With
+`train_on: parent`, the label is also NaN where the parent's label is not 1.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from multikpi.config.schema import RunConfig, TaskSpec
+from multikpi.errors import ArtifactError, DataError
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Model-ready tensors for N rows.
+
+    categorical: (N, F) int64, per-column vocabulary index, 0 = out of vocabulary.
+    dense:       (N, D) float32, standardized numerics then missing indicators.
+    labels:      (N, T) float32 in the order of `tasks`; NaN where the task has no label.
+    """
+
+    categorical: torch.Tensor
+    dense: torch.Tensor
+    labels: torch.Tensor
+    tasks: tuple[str, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.categorical.shape[0])
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    kind: str
+    label: str
+    transform: str
+    mean: float  # regression: mean of the transformed target; binary: base rate
+    std: float   # regression: std of the transformed target; binary: 1
+    train_on: str | None
+
+
+class FeatureEncoder:
+    """Fitted encoders for one RunConfig. Use `fit`, then `encode`; `save`/`load` round-trip."""
+
+    def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict], labels: dict[str, LabelStats]):
+        self.vocabs = vocabs
+        self.dense_stats = dense_stats
+        self.labels = labels
+
+    @property
+    def categorical(self) -> list[str]:
+        return list(self.vocabs)
+
+    @property
+    def dense(self) -> list[str]:
+        return list(self.dense_stats)
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        """Rows of each column's embedding table, including the out-of-vocabulary row 0."""
+        return [len(v) + 1 for v in self.vocabs.values()]
+
+    @property
+    def missing_indicators(self) -> list[str]:
+        return [c for c, s in self.dense_stats.items() if s["indicator"]]
+
+    @property
+    def num_dense_inputs(self) -> int:
+        return len(self.dense_stats) + len(self.missing_indicators)
+
+    @classmethod
+    def fit(cls, table: pa.Table, config: RunConfig) -> "FeatureEncoder":
+        """Fit every encoder on the training table."""
+        data = config.data
+        vocabs = {c: _fit_vocab(table.column(c), c, data.min_frequency) for c in data.categorical}
+        dense_stats = {c: _fit_dense(table.column(c), c, c in data.log1p) for c in data.dense}
+        labels = {}
+        for name, task in config.tasks.items():
+            values = _label_values(table, name, task, config)
+            labels[name] = _fit_label(values, name, task)
+        return cls(vocabs=vocabs, dense_stats=dense_stats, labels=labels)
+
+    def encode(self, table: pa.Table, with_labels: bool = True) -> EncodedData:
+        """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
+        n = table.num_rows
+        categorical = np.empty((n, len(self.vocabs)), dtype=np.int64)
+        for i, (column, vocab) in enumerate(self.vocabs.items()):
+            categorical[:, i] = _encode_ids(table.column(column), vocab, column)
+        dense = np.empty((n, self.num_dense_inputs), dtype=np.float32)
+        extra = len(self.dense_stats)
+        for i, (column, stats) in enumerate(self.dense_stats.items()):
+            values = _dense_values(table.column(column), column, stats["log1p"])
+            missing = np.isnan(values)
+            dense[:, i] = np.where(missing, 0.0, (values - stats["mean"]) / stats["std"])
+            if stats["indicator"]:
+                dense[:, extra] = missing
+                extra += 1
+        labels = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
+        if with_labels:
+            for i, name in enumerate(self.labels):
+                labels[:, i] = self._encode_label(table, name)
+        return EncodedData(torch.from_numpy(categorical), torch.from_numpy(dense),
+                           torch.from_numpy(labels), tuple(self.labels))
+
+    def _encode_label(self, table: pa.Table, name: str) -> np.ndarray:
+        stats = self.labels[name]
+        values = _read_label(table.column(stats.label), name, stats.kind, stats.label)
+        if stats.train_on is not None:
+            parent = self.labels[stats.train_on]
+            gate = _read_label(table.column(parent.label), stats.train_on, "binary", parent.label)
+            values = np.where(gate == 1.0, values, np.nan)
+        if stats.kind == "binary":
+            return values
+        return (_transform(values, stats.transform) - stats.mean) / stats.std
+
+    def to_original_units(self, task: str, standardized: np.ndarray) -> np.ndarray:
+        """Regression: model scale -> label units (undo standardization and transform)."""
+        stats = self.labels[task]
+        transformed = standardized * stats.std + stats.mean
+        return np.expm1(transformed) if stats.transform == "log1p" else transformed
+
+    def to_transformed(self, task: str, standardized: np.ndarray) -> np.ndarray:
+        """Regression: model scale -> transformed-target scale (e.g. log1p seconds)."""
+        stats = self.labels[task]
+        return standardized * stats.std + stats.mean
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write encoders.json plus one Parquet file per vocabulary; returns the files written."""
+        directory.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, (column, vocab) in enumerate(self.vocabs.items()):
+            path = directory / f"vocab_{i:03d}.parquet"
+            pq.write_table(pa.table({"value": vocab}), path)
+            files.append(path)
+        meta = {
+            "categorical": self.categorical,
+            "dense": self.dense_stats,
+            "labels": {name: vars(stats) for name, stats in self.labels.items()},
+        }
+        path = directory / "encoders.json"
+        path.write_text(json.dumps(meta, indent=1))
+        return files + [path]
+
+    @classmethod
+    def load(cls, directory: Path) -> "FeatureEncoder":
+        try:
+            meta = json.loads((directory / "encoders.json").read_text())
+            vocabs = {
+                column: pq.read_table(directory / f"vocab_{i:03d}.parquet").column("value").combine_chunks()
+                for i, column in enumerate(meta["categorical"])
+            }
+            labels = {name: LabelStats(**stats) for name, stats in meta["labels"].items()}
+        except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
+            raise ArtifactError(f"encoders in {str(directory)!r} cannot be read: {err}") from None
+        return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels)
+
+
+def _fit_vocab(column: pa.ChunkedArray, name: str, min_frequency: int) -> pa.Array:
+    """Sorted distinct non-null values seen at least `min_frequency` times."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
+            or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type)):
+        raise DataError(f"categorical column {name!r} must hold integer or string ids. Got type {column.type}")
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    counts = pc.value_counts(column.drop_null())
+    values, freq = counts.field("values"), counts.field("counts")
+    if min_frequency > 1:
+        values = values.filter(pc.greater_equal(freq, min_frequency))
+    return values.take(pc.sort_indices(values))
+
+
+def _encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
+    """Vocabulary index + 1, or 0 for unseen and null ids."""
+    if column.type != vocab.type:
+        try:
+            column = column.cast(vocab.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(
+                f"categorical column {name!r} must hold ids of type {vocab.type} as in training. Got {column.type}"
+            ) from None
+    index = pc.index_in(column, value_set=vocab)
+    return pc.fill_null(index, -1).to_numpy().astype(np.int64) + 1
+
+
+def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray:
+    """float64 values (NaN for null), log1p'd if asked. Inf is an error."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+            or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+        raise DataError(f"dense column {name!r} must be numeric. Got type {column.type}")
+    values = column.cast(pa.float64()).to_numpy()
+    if np.isinf(values).any():
+        count = int(np.isinf(values).sum())
+        raise DataError(f"dense column {name!r} must be finite or null. Got {count} infinite value(s)")
+    return np.log1p(np.maximum(values, 0.0)) if log1p else values
+
+
+def _fit_dense(column: pa.ChunkedArray, name: str, log1p: bool) -> dict:
+    values = _dense_values(column, name, log1p)
+    missing = np.isnan(values)
+    if missing.all():
+        raise DataError(f"dense column {name!r} has no values in the training data (all null)")
+    mean = float(np.nanmean(values))
+    std = float(np.nanstd(values))
+    return {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p, "indicator": bool(missing.any())}
+
+
+def _read_label(column: pa.ChunkedArray, task: str, kind: str, label: str) -> np.ndarray:
+    """float64 label values, NaN for null. Binary labels must be 0 or 1."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+            or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+        raise DataError(f"label column {label!r} of task {task!r} must be numeric. Got type {column.type}")
+    values = column.cast(pa.float64()).to_numpy()
+    if np.isinf(values).any():
+        raise DataError(f"label column {label!r} of task {task!r} must be finite or null. Got infinite values")
+    if kind == "binary":
+        bad = ~np.isnan(values) & (values != 0.0) & (values != 1.0)
+        if bad.any():
+            examples = sorted(set(values[bad].tolist()))[:3]
+            raise DataError(f"label column {label!r} of binary task {task!r} must be 0 or 1. Got {examples}")
+    return values
+
+
+def _label_values(table: pa.Table, name: str, task: TaskSpec, config: RunConfig) -> np.ndarray:
+    values = _read_label(table.column(task.label), name, task.kind, task.label)
+    if task.train_on is not None:
+        parent = config.tasks[task.train_on]
+        gate = _read_label(table.column(parent.label), task.train_on, "binary", parent.label)
+        values = np.where(gate == 1.0, values, np.nan)
+    return values
+
+
+def _transform(values: np.ndarray, transform: str) -> np.ndarray:
+    if transform == "log1p":
+        return np.log1p(np.maximum(values, 0.0))
+    return values
+
+
+def _fit_label(values: np.ndarray, name: str, task: TaskSpec) -> LabelStats:
+    present = values[~np.isnan(values)]
+    if present.size == 0:
+        raise DataError(f"task {name!r} has no labelled rows in the training data (column {task.label!r} is all null)")
+    if task.kind == "binary":
+        return LabelStats("binary", task.label, "none", float(present.mean()), 1.0, task.train_on)
+    transformed = _transform(present, task.transform)
+    std = float(transformed.std())
+    return LabelStats("regression", task.label, task.transform, float(transformed.mean()),
+                      std if std > 0 else 1.0, task.train_on)

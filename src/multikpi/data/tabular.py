@@ -1,0 +1,89 @@
+"""Read Parquet or CSV into a pyarrow Table, and write one atomically. Every failure is a
+DataError that names the file and what is wrong with it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from multikpi.errors import DataError
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parquet.brotli", ".parquet.snappy", ".parquet.zstd")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+
+
+def file_format(path: str | Path) -> str:
+    """'parquet' or 'csv', from the file name."""
+    name = str(path).lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    allowed = ", ".join(PARQUET_SUFFIXES + CSV_SUFFIXES)
+    raise DataError(f"data file {str(path)!r}: the name must end in one of {allowed}")
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read the named columns (all when None) of a Parquet or CSV file.
+
+    Raises DataError for a missing, empty, unreadable or corrupt file, or a missing column."""
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {str(path)!r} is empty (0 bytes)")
+    names = _column_names(path, fmt)
+    if columns is not None:
+        missing = [c for c in dict.fromkeys(columns) if c not in names]
+        if missing:
+            raise DataError(f"data file {str(path)!r} has no column(s) {missing}; it has {names}")
+    table = _read(path, fmt, list(dict.fromkeys(columns)) if columns is not None else None)
+    if table.num_rows == 0:
+        raise DataError(f"data file {str(path)!r} has no rows")
+    return table
+
+
+def _column_names(path: Path, fmt: str) -> list[str]:
+    try:
+        if fmt == "parquet":
+            return pq.read_schema(path).names
+        options = pacsv.ReadOptions(block_size=1 << 16)
+        with pacsv.open_csv(path, read_options=options) as reader:
+            return reader.schema.names
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
+        raise DataError(f"data file {str(path)!r} is not readable {fmt}: {_first_line(err)}") from None
+
+
+def _read(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:
+    try:
+        if fmt == "parquet":
+            return pq.read_table(path, columns=columns)
+        convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True)
+        return pacsv.read_csv(path, convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
+        raise DataError(f"data file {str(path)!r} is not readable {fmt}: {_first_line(err)}") from None
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write Parquet or CSV (by suffix) to a temporary file, then rename it into place, so a
+    crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    fmt = file_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="snappy")
+        else:
+            pacsv.write_csv(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,70 @@
+"""Model outputs over a whole encoded split, and the per-task metrics table."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from multikpi.data.encoders import EncodedData, FeatureEncoder
+from multikpi.eval.metrics import binary_metrics, regression_metrics
+
+
+def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
+                  progress=None) -> dict[str, np.ndarray]:
+    """task -> (N,) raw outputs: logits for binary tasks, standardized values for regression.
+
+    Runs under inference_mode in slices of `batch_size` rows; `progress` (a tqdm bar) is advanced by
+    the rows done."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    with torch.inference_mode():
+        for start in range(0, data.num_rows, batch_size):
+            stop = min(start + batch_size, data.num_rows)
+            outputs = model.forward_features(data.categorical[start:stop], data.dense[start:stop])
+            for task, values in outputs.items():
+                chunks.setdefault(task, []).append(values.float().cpu())
+            if progress is not None:
+                progress.update(stop - start)
+    model.train(was_training)
+    return {task: torch.cat(parts).numpy() for task, parts in chunks.items()}
+
+
+def estimates(outputs: dict[str, np.ndarray], encoder: FeatureEncoder) -> dict[str, np.ndarray]:
+    """Raw outputs -> what a user reads: probabilities (binary) and values in label units (regression)."""
+    out = {}
+    for task, values in outputs.items():
+        if encoder.labels[task].kind == "binary":
+            out[task] = 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
+        else:
+            out[task] = encoder.to_original_units(task, values.astype(np.float64))
+    return out
+
+
+def task_metrics(outputs: dict[str, np.ndarray], data: EncodedData,
+                 encoder: FeatureEncoder) -> dict[str, dict[str, float]]:
+    """task -> metric -> value, each task on its labelled rows only."""
+    table = {}
+    labels = data.labels.numpy()
+    for column, task in enumerate(data.tasks):
+        target = labels[:, column]
+        labelled = ~np.isnan(target)
+        if not labelled.any():
+            continue
+        stats = encoder.labels[task]
+        values = outputs[task][labelled].astype(np.float64)
+        if stats.kind == "binary":
+            table[task] = binary_metrics(target[labelled], 1.0 / (1.0 + np.exp(-values)))
+            continue
+        transformed_pred = encoder.to_transformed(task, values)
+        transformed_label = encoder.to_transformed(task, target[labelled].astype(np.float64))
+        metrics = regression_metrics(_inverse(transformed_label, stats.transform),
+                                     _inverse(transformed_pred, stats.transform))
+        if stats.transform != "none":
+            metrics.update(regression_metrics(transformed_label, transformed_pred, f"_{stats.transform}"))
+        metrics["count"] = int(labelled.sum())
+        table[task] = metrics
+    return table
+
+
+def _inverse(transformed: np.ndarray, transform: str) -> np.ndarray:
+    return np.expm1(transformed) if transform == "log1p" else transformed

@@ -1,0 +1,240 @@
+"""Combining per-task losses into the one scalar that is back-propagated (lesson 2).
+
+A plain sum lets the task with the largest loss scale dominate the shared layers; fixed weights
+must be tuned by hand; uncertainty weighting learns the weights. Every combiner is an nn.Module:
+
+    forward(losses: dict[task, scalar Tensor]) -> scalar Tensor   (never calls backward)
+    weights() -> dict[task, dict[name, float]]                     (effective weights, for logs)
+    end_epoch() -> None                                            (only DWA uses it)
+
+Tasks absent from `losses` (no labelled row in the batch) contribute nothing, so their learned
+parameters receive no gradient at all (grad stays None and the optimizer skips them).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from multikpi.config.schema import RunConfig
+
+
+class SumLoss(nn.Module):
+    """L = Σ_t L_t."""
+
+    def __init__(self, tasks: list[str]):
+        super().__init__()
+        self.tasks = list(tasks)
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(losses.values())).sum()
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        return {t: {"weight": 1.0} for t in self.tasks}
+
+    def end_epoch(self) -> None:
+        pass
+
+
+class WeightedLoss(nn.Module):
+    """L = Σ_t w_t · L_t with fixed, hand-set weights w_t."""
+
+    def __init__(self, task_weights: dict[str, float]):
+        super().__init__()
+        self.task_weights = dict(task_weights)
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([self.task_weights[t] * loss for t, loss in losses.items()]).sum()
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        return {t: {"weight": w} for t, w in self.task_weights.items()}
+
+    def end_epoch(self) -> None:
+        pass
+
+
+class UncertaintyWeighting(nn.Module):
+    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    One learned log-variance s_t = log σ_t² per task, initialised to `init`.
+
+    form "kendall" (the paper's likelihoods, eqs. 7 and 10):
+        regression     ½·exp(−s_t)·L_t + ½·s_t      (= L/(2σ²) + log σ)
+        classification   exp(−s_t)·L_t + ½·s_t      (≈ L/σ² + log σ)
+    form "plain" (the paper's toy code, yaringal/multi-task-learning-example):
+        every task       exp(−s_t)·L_t + s_t
+
+    For a fixed network the optimum of the regression term is s_t = log L_t (σ² = the mean squared
+    residual). Regression losses here are on the standardized target, so σ is in standard units.
+    """
+
+    def __init__(self, kinds: dict[str, str], form: str = "kendall", init: float = 0.0):
+        super().__init__()
+        self.kinds = dict(kinds)
+        self.form = form
+        # One scalar parameter per task, so that a task missing from a batch gets grad None.
+        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.tensor(float(init))) for t in kinds})
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = []
+        for task, loss in losses.items():
+            s = self.log_vars[task]
+            if self.form == "plain":
+                terms.append(torch.exp(-s) * loss + s)
+            elif self.kinds[task] == "regression":
+                terms.append(0.5 * torch.exp(-s) * loss + 0.5 * s)
+            else:
+                terms.append(torch.exp(-s) * loss + 0.5 * s)
+        return torch.stack(terms).sum()
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for task, param in self.log_vars.items():
+            s = float(param.detach())
+            scale = 0.5 if self.form == "kendall" and self.kinds[task] == "regression" else 1.0
+            out[task] = {"weight": scale * math.exp(-s), "exp_neg_s": math.exp(-s),
+                         "sigma": math.exp(0.5 * s), "log_var": s}
+        return out
+
+    def end_epoch(self) -> None:
+        pass
+
+
+class GradNorm(nn.Module):
+    """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
+
+    Learned weights w_t (Σ w_t = T). The network is trained on Σ_t w_t·L_t; the weights are trained on
+        L_grad = Σ_t | G_t − mean_j(G_j) · r_t^α |,   G_t = ‖∇_W w_t·L_t‖₂,
+        r_t = L̃_t / mean_j(L̃_j),   L̃_t = L_t / L_t(0),
+    where W is the last shared layer's weight and the target mean(G)·r^α is a constant. Both terms
+    are returned in one scalar: the first is built with w detached (so it only trains the network),
+    the second with the gradient norms detached (so it only trains w). The weights are renormalized
+    to sum to T before each use.
+    """
+
+    def __init__(self, tasks: list[str], shared_weight: nn.Parameter, alpha: float = 1.5):
+        super().__init__()
+        self.task_weights = nn.ParameterDict({t: nn.Parameter(torch.tensor(1.0)) for t in tasks})
+        self.shared_weight = [shared_weight]  # a list: not registered as this module's parameter
+        self.alpha = alpha
+        self.register_buffer("initial_losses", torch.full((len(tasks),), float("nan")))
+        self.tasks = list(tasks)
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        self._renormalize()
+        present = list(losses)
+        index = [self.tasks.index(t) for t in present]
+        current = torch.stack([losses[t].detach() for t in present])
+        first = torch.isnan(self.initial_losses[index])
+        self.initial_losses[index] = torch.where(first, current, self.initial_losses[index])
+        weights = torch.stack([self.task_weights[t] for t in present])
+        norms = torch.stack([
+            torch.autograd.grad(losses[t], self.shared_weight[0], retain_graph=True)[0].norm() for t in present
+        ])
+        grad_norms = weights * norms  # G_t, differentiable in w only
+        ratios = current / self.initial_losses[index].clamp_min(1e-12)
+        relative = ratios / ratios.mean()
+        target = (grad_norms.mean() * relative.pow(self.alpha)).detach()
+        balance = (grad_norms - target).abs().sum()
+        network = (weights.detach() * torch.stack([losses[t] for t in present])).sum()
+        return network + balance
+
+    @torch.no_grad()
+    def _renormalize(self) -> None:
+        total = sum(float(w.clamp_(min=1e-4)) for w in self.task_weights.values())
+        for w in self.task_weights.values():
+            w.mul_(len(self.tasks) / total)
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        return {t: {"weight": float(w.detach())} for t, w in self.task_weights.items()}
+
+    def end_epoch(self) -> None:
+        pass
+
+
+class DynamicWeightAverage(nn.Module):
+    """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
+
+        w_t(k) = T · exp(r_t(k−1)/τ) / Σ_j exp(r_j(k−1)/τ),   r_t(k−1) = L̄_t(k−1) / L̄_t(k−2)
+
+    where L̄_t(k) is task t's mean loss over period k (an epoch, or `window` steps) and τ the
+    temperature. The first two periods use w = 1. The loss is Σ_t w_t·L_t with w constant.
+    """
+
+    def __init__(self, tasks: list[str], temperature: float = 2.0, window: int | None = None):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.temperature = temperature
+        self.window = window
+        self.register_buffer("history", torch.full((2, len(tasks)), float("nan")))  # periods k-2, k-1
+        self.register_buffer("running", torch.zeros(2, len(tasks)))  # loss sum, count this period
+        self.register_buffer("current", torch.ones(len(tasks)))
+        self.steps_in_period = 0
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        for t, loss in losses.items():
+            i = self.tasks.index(t)
+            self.running[0, i] += float(loss.detach())
+            self.running[1, i] += 1
+        total = torch.stack([float(self.current[self.tasks.index(t)]) * loss for t, loss in losses.items()]).sum()
+        self.steps_in_period += 1
+        if self.window is not None and self.steps_in_period >= self.window:
+            self.end_period()
+        return total
+
+    @torch.no_grad()
+    def end_period(self) -> None:
+        mean = self.running[0] / self.running[1].clamp_min(1)
+        mean = torch.where(self.running[1] > 0, mean, self.history[1])
+        self.history = torch.stack([self.history[1], mean])
+        self.running.zero_()
+        self.steps_in_period = 0
+        ratio = self.history[1] / self.history[0]
+        if torch.isfinite(ratio).all():
+            self.current = len(self.tasks) * torch.softmax(ratio / self.temperature, dim=0)
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        return {t: {"weight": float(self.current[i])} for i, t in enumerate(self.tasks)}
+
+    def end_epoch(self) -> None:
+        if self.window is None:
+            self.end_period()
+
+
+def _sum(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:
+    return SumLoss(list(config.tasks))
+
+
+def _weighted(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:
+    return WeightedLoss({t: config.loss.weights[t] for t in config.tasks})
+
+
+def _uncertainty(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:
+    kinds = {t: spec.kind for t, spec in config.tasks.items()}
+    return UncertaintyWeighting(kinds, config.loss.uncertainty.form, config.loss.uncertainty.init)
+
+
+def _gradnorm(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:
+    if shared_weight is None:
+        raise ValueError("gradnorm needs the weight of the last shared layer")
+    return GradNorm(list(config.tasks), shared_weight, config.loss.gradnorm_alpha)
+
+
+def _dwa(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:
+    return DynamicWeightAverage(list(config.tasks), config.loss.dwa_temperature, config.loss.dwa_window)
+
+
+COMBINERS: dict[str, Callable[[RunConfig, nn.Parameter | None], nn.Module]] = {
+    "sum": _sum,
+    "weighted": _weighted,
+    "uncertainty": _uncertainty,
+    "gradnorm": _gradnorm,
+    "dwa": _dwa,
+}
+
+
+def build_combiner(config: RunConfig, shared_weight: nn.Parameter | None = None) -> nn.Module:
+    """The combiner named by `loss.combine`. `shared_weight` (last shared layer) is used by gradnorm."""
+    return COMBINERS[config.loss.combine](config, shared_weight)

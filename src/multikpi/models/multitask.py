@@ -1,0 +1,46 @@
+"""The multi-task model: embeddings -> a sharing architecture -> one tower per task.
+
+It computes and nothing else: no loss, optimizer or I/O. `forward` returns the user's task names
+as keys; values are (B,) logits for binary tasks and (B,) standardized values for regression.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from multikpi.data.batches import Batch
+from multikpi.models.blocks import FeatureEmbedding
+from multikpi.models.task_graph import TaskGraph
+
+
+class MultiTaskModel(nn.Module):
+    """Hard parameter sharing (lesson 1) and its relatives.
+
+    embeddings: the fused categorical table, (B, F) -> (B, F*dim).
+    shared:     the architecture; maps (B, F*dim + D) to one representation per task, dict[task, (B, H)].
+    heads:      ModuleDict task -> TaskTower, taking (B, H + k) where k = number of upstream estimates.
+    graph:      the order in which heads run and which estimates feed which tower.
+    """
+
+    def __init__(self, embeddings: FeatureEmbedding, shared: nn.Module, heads: nn.ModuleDict, graph: TaskGraph):
+        super().__init__()
+        self.embeddings = embeddings
+        self.shared = shared
+        self.heads = heads
+        self.graph = graph
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Batch (categorical (B, F), dense (B, D)) -> dict task -> (B,) logit or standardized value."""
+        return self.forward_features(batch.categorical, batch.dense)
+
+    def forward_features(self, categorical: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = torch.cat([self.embeddings(categorical), dense], dim=1)
+        representations = self.shared(inputs)
+        outputs: dict[str, torch.Tensor] = {}
+        for task in self.graph.order:
+            features = representations[task]
+            upstream = self.graph.upstream_features(task, outputs)
+            if upstream is not None:
+                features = torch.cat([features, upstream], dim=1)
+            outputs[task] = self.heads[task](features)
+        return outputs

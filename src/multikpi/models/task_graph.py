@@ -1,0 +1,56 @@
+"""Estimates as features (lesson 4): one task's estimate feeds another task's tower.
+
+With `stop_gradient` (the default) the upstream estimate is detached, so the downstream task's
+loss never trains the upstream tower or anything below it through this edge: task A has its own
+label, and task B must not bend A's estimate to suit B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from multikpi.config.schema import RunConfig
+from multikpi.config.validate import task_order
+
+
+@dataclass(frozen=True)
+class Edge:
+    upstream: str
+    stop_gradient: bool
+    as_prob: bool  # binary upstream: feed sigmoid(logit) instead of the logit
+
+
+@dataclass(frozen=True)
+class TaskGraph:
+    """Tasks in topological order, each with the edges that feed its tower."""
+
+    order: tuple[str, ...]
+    edges: dict[str, tuple[Edge, ...]]
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> "TaskGraph":
+        edges = {}
+        for name, task in config.tasks.items():
+            edges[name] = tuple(
+                Edge(up, task.stop_gradient, config.tasks[up].kind == "binary" and task.upstream_as == "prob")
+                for up in task.inputs_from
+            )
+        return cls(order=tuple(task_order(config)), edges=edges)
+
+    def num_inputs(self, task: str) -> int:
+        return len(self.edges[task])
+
+    def upstream_features(self, task: str, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, k) estimates of the k upstream tasks of `task`, or None when it has none.
+
+        `outputs` holds the already computed (B,) outputs of the upstream tasks."""
+        if not self.edges[task]:
+            return None
+        columns = []
+        for edge in self.edges[task]:
+            estimate = outputs[edge.upstream]
+            if edge.stop_gradient:
+                estimate = estimate.detach()
+            columns.append(torch.sigmoid(estimate) if edge.as_prob else estimate)
+        return torch.stack(columns, dim=1)

@@ -1,0 +1,85 @@
+"""Per-subnet parameter groups (lesson 3): one learning rate for the shared subnet and its own for
+each head. The best rate for one task can kill ReLUs or crawl on another, so every subnet is a
+named group with its own optimizer settings.
+
+Group names: `embeddings`, the architecture's shared subnets (`shared` for shared_bottom),
+`heads.<task>` per task, and `loss` (the combiner's learned weights). Groups left out of
+`optim.groups` take `optim.default`; `embeddings` first falls back to the `shared` settings.
+Every parameter must belong to exactly one group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from multikpi.config.schema import GroupOptimizerSpec, OptimizerSpec, RunConfig
+from multikpi.config.validate import ARCH_SUBNETS, subnet_names
+from multikpi.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    name: str
+    params: tuple[nn.Parameter, ...]
+    param_names: tuple[str, ...]
+    settings: OptimizerSpec
+
+
+def group_prefixes(config: RunConfig) -> dict[str, str]:
+    """Parameter-name prefix -> group name, for the model plus the combiner (prefixed `loss.`)."""
+    prefixes = {"embeddings.": "embeddings", "loss.": "loss"}
+    for subnet in ARCH_SUBNETS[config.model.arch]:
+        prefixes[f"shared.{subnet}." if subnet != "shared" else "shared."] = subnet
+    for task in config.tasks:
+        prefixes[f"heads.{task}."] = f"heads.{task}"
+    return prefixes
+
+
+def assign_groups(named_params: list[tuple[str, nn.Parameter]], prefixes: dict[str, str]) -> dict[str, list[str]]:
+    """Group name -> parameter names. Raises ConfigError naming any parameter matched by no
+    group or by more than one."""
+    groups: dict[str, list[str]] = {}
+    problems = []
+    for name, _ in named_params:
+        matches = [group for prefix, group in prefixes.items() if name.startswith(prefix)]
+        if len(matches) != 1:
+            what = "no optimizer group" if not matches else f"several optimizer groups {matches}"
+            problems.append(f"parameter {name!r} belongs to {what}; each parameter must belong to exactly one")
+            continue
+        groups.setdefault(matches[0], []).append(name)
+    if problems:
+        raise ConfigError(problems, source="optim")
+    return groups
+
+
+def resolve_settings(config: RunConfig, group: str) -> OptimizerSpec:
+    """optim.default, overridden by the group's own fields (embeddings: by `shared` first)."""
+    layers = [config.optim.groups.get("shared")] if group == "embeddings" else []
+    layers.append(config.optim.groups.get(group))
+    settings = config.optim.default
+    for layer in layers:
+        if layer is not None:
+            settings = _merge(settings, layer)
+    if group == "loss":
+        settings = settings.model_copy(update={"weight_decay": 0.0})
+    return settings
+
+
+def _merge(base: OptimizerSpec, override: GroupOptimizerSpec) -> OptimizerSpec:
+    update = {k: v for k, v in override.model_dump(exclude_none=True).items()}
+    if override.schedule is not None:
+        update["schedule"] = override.schedule
+    return base.model_copy(update=update)
+
+
+def build_param_groups(config: RunConfig, model: nn.Module, combiner: nn.Module) -> list[ParamGroup]:
+    """Every trainable parameter of model and combiner, in named groups with resolved settings."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named += [(f"loss.{n}", p) for n, p in combiner.named_parameters() if p.requires_grad]
+    by_name = dict(named)
+    assigned = assign_groups(named, group_prefixes(config))
+    return [
+        ParamGroup(group, tuple(by_name[n] for n in names), tuple(names), resolve_settings(config, group))
+        for group in subnet_names(config) if (names := assigned.get(group))
+    ]

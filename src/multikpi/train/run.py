@@ -1,0 +1,109 @@
+"""What the training recipe needs around the loop: seeding, the device, reading and encoding the
+splits, per-step records, and writing the run directory."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from multikpi.config.schema import RunConfig
+from multikpi.data.encoders import EncodedData, FeatureEncoder
+from multikpi.data.tabular import read_table
+from multikpi.optim.build import OptimizerSet
+from multikpi.serve.artifact import write_atomic, write_json, write_manifest, write_yaml
+
+
+@dataclass
+class Run:
+    """A finished training run: where it was written and what it produced."""
+
+    run_dir: Path
+    config: RunConfig
+    encoder: FeatureEncoder
+    model: nn.Module
+    combiner: nn.Module
+    metrics: dict
+    history: list[dict] = field(repr=False)
+
+    def predictor(self):
+        from multikpi.serve.predictor import Predictor
+
+        return Predictor(self.config, self.encoder, self.model)
+
+
+def seed_everything(seed: int, threads: int | None) -> None:
+    """Seed Python, NumPy and torch; set the torch thread count when given."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu. Resolved once, at the start of a run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def needed_columns(config: RunConfig, with_labels: bool = True) -> list[str]:
+    columns = list(config.data.categorical) + list(config.data.dense)
+    if with_labels:
+        columns += [t.label for t in config.tasks.values()]
+    return list(dict.fromkeys(columns))
+
+
+def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedData]]:
+    """Read train (and valid/test when configured), fit the encoders on train, encode every split."""
+    columns = needed_columns(config)
+    train_table = read_table(config.data.train, columns)
+    encoder = FeatureEncoder.fit(train_table, config)
+    splits = {"train": encoder.encode(train_table)}
+    del train_table
+    for name, path in (("valid", config.data.valid), ("test", config.data.test)):
+        if path is not None:
+            splits[name] = encoder.encode(read_table(path, columns))
+    return encoder, splits
+
+
+def step_record(step: int, epoch: int, losses: dict[str, torch.Tensor], total: torch.Tensor,
+                combiner: nn.Module, optimizers: OptimizerSet) -> dict:
+    """One line of history.jsonl: raw per-task losses, the combined loss, effective weights, lrs."""
+    return {
+        "step": step,
+        "epoch": epoch,
+        "losses": {t: float(v.detach()) for t, v in losses.items()},
+        "total": float(total.detach()),
+        "weights": combiner.weights(),
+        "lr": optimizers.learning_rates(),
+    }
+
+
+def save_run(run_dir: Path, config: RunConfig, encoder: FeatureEncoder, model: nn.Module, combiner: nn.Module,
+             metrics: dict, history: list[dict], epochs_log: list[dict]) -> None:
+    """Write every artifact atomically, then the manifest with their checksums."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "manifest.json").unlink(missing_ok=True)  # the run is incomplete until it is rewritten
+    files = encoder.save(run_dir / "encoders")
+    write_yaml(run_dir / "config.yaml", config.model_dump(mode="json"))
+    _save_tensors(run_dir / "model.safetensors", model.state_dict())
+    _save_tensors(run_dir / "loss.safetensors", combiner.state_dict())
+    write_json(run_dir / "metrics.json", metrics)
+    write_atomic(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+    write_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in epochs_log).encode())
+    names = ["config.yaml", "model.safetensors", "loss.safetensors", "metrics.json", "history.jsonl",
+             "train_log.jsonl"]
+    write_manifest(run_dir, files + [run_dir / n for n in names])
+
+
+def _save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
