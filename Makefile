@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,3 +24,11 @@ demo: $(STAMP)
 
 clean:
 	rm -rf demo runs
+
+BENCH := ../shared/bench
+bench-data/train.parquet:
+	$(BIN)/python $(BENCH)/gen_feed.py --rows 1000000 --split train --out bench-data/train.parquet
+bench-data/test.parquet:
+	$(BIN)/python $(BENCH)/gen_feed.py --rows 200000 --split test --out bench-data/test.parquet
+
+bench-data: $(STAMP) bench-data/train.parquet bench-data/test.parquet

@@ -38,11 +38,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError([_describe(e) for e in err.errors()], source=source) from None
+        raise ConfigError([_one_line(_describe(e)) for e in err.errors()], source=source) from None
     problems = validate_config(config)
     if problems:
-        raise ConfigError(problems, source=source)
+        raise ConfigError([_one_line(p) for p in problems], source=source)
     return config
+
+
+def _one_line(message: str) -> str:
+    """Escape line breaks (a YAML key may hold one) so that the error stays on one line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -62,7 +67,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                 problems.append(f"override {key!r}: {part!r} is not a section")
                 break
         else:
-            node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+            try:
+                node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+            except yaml.YAMLError as err:
+                reason = " ".join(str(err).split())
+                problems.append(f"override {key!r}: the value is not valid YAML: {reason}. Got {value!r}")
     if problems:
         raise ConfigError(problems, source="overrides")
     return out

@@ -72,7 +72,7 @@ def _check_tasks(config: RunConfig) -> list[str]:
         problems.append("`tasks` must name at least one task")
     names = sorted(config.tasks)
     for name, task in config.tasks.items():
-        if not TASK_NAME.match(name):
+        if not TASK_NAME.fullmatch(name):  # not match(): `$` also matches before a final newline
             problems.append(f"task name must be a letter or _ followed by letters, digits or _. Got {name!r}")
         for upstream in task.inputs_from:
             if upstream not in config.tasks:

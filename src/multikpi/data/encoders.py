@@ -90,6 +90,7 @@ class FeatureEncoder:
     def fit(cls, table: pa.Table, config: RunConfig) -> "FeatureEncoder":
         """Fit every encoder on the training table."""
         data = config.data
+        _require_columns(table, data.categorical + data.dense + [t.label for t in config.tasks.values()])
         vocabs = {c: _fit_vocab(table.column(c), c, data.min_frequency) for c in data.categorical}
         dense_stats = {c: _fit_dense(table.column(c), c, c in data.log1p) for c in data.dense}
         labels = {}
@@ -100,6 +101,8 @@ class FeatureEncoder:
 
     def encode(self, table: pa.Table, with_labels: bool = True) -> EncodedData:
         """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
+        labels_needed = [s.label for s in self.labels.values()] if with_labels else []
+        _require_columns(table, self.categorical + self.dense + labels_needed)
         n = table.num_rows
         categorical = np.empty((n, len(self.vocabs)), dtype=np.int64)
         for i, (column, vocab) in enumerate(self.vocabs.items()):
@@ -171,6 +174,13 @@ class FeatureEncoder:
         except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
             raise ArtifactError(f"encoders in {str(directory)!r} cannot be read: {err}") from None
         return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels)
+
+
+def _require_columns(table: pa.Table, columns: list[str]) -> None:
+    """DataError naming every configured column the table lacks (instead of Arrow's KeyError)."""
+    missing = [c for c in dict.fromkeys(columns) if c not in table.column_names]
+    if missing:
+        raise DataError(f"input table has no column(s) {missing}; it has {table.column_names}")
 
 
 def _fit_vocab(column: pa.ChunkedArray, name: str, min_frequency: int) -> pa.Array:

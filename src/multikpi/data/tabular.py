@@ -52,7 +52,7 @@ def _column_names(path: Path, fmt: str) -> list[str]:
         if fmt == "parquet":
             return pq.read_schema(path).names
         options = pacsv.ReadOptions(block_size=1 << 16)
-        with pacsv.open_csv(path, read_options=options) as reader:
+        with pacsv.open_csv(path, read_options=options, parse_options=_parse_options(path)) as reader:
             return reader.schema.names
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
         raise DataError(f"data file {str(path)!r} is not readable {fmt}: {_first_line(err)}") from None
@@ -63,9 +63,25 @@ def _read(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:
         if fmt == "parquet":
             return pq.read_table(path, columns=columns)
         convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True)
-        return pacsv.read_csv(path, convert_options=convert)
+        table = pacsv.read_csv(path, parse_options=_parse_options(path), convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
         raise DataError(f"data file {str(path)!r} is not readable {fmt}: {_first_line(err)}") from None
+    # Arrow reads a text column holding invalid UTF-8 as `binary` instead of failing; no
+    # encoder can use such a column, so say what is wrong with the file here.
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise DataError(f"data file {str(path)!r} is not readable csv: column(s) {binary} hold text that is "
+                        f"not valid UTF-8")
+    return table
+
+
+def _is_tsv(path: Path) -> bool:
+    return str(path).lower().endswith(".tsv")
+
+
+def _parse_options(path: Path) -> pacsv.ParseOptions:
+    """Tab-separated for `.tsv`, comma-separated otherwise."""
+    return pacsv.ParseOptions(delimiter="\t" if _is_tsv(path) else ",")
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
@@ -79,7 +95,13 @@ def write_table(table: pa.Table, path: str | Path) -> None:
         if fmt == "parquet":
             pq.write_table(table, tmp, compression="snappy")
         else:
-            pacsv.write_csv(table, tmp)
+            options = pacsv.WriteOptions(delimiter="\t" if _is_tsv(path) else ",")
+            if str(path).lower().endswith(".gz"):
+                # `read_table` decompresses `.csv.gz` by its name, so the bytes must be gzip.
+                with pa.CompressedOutputStream(str(tmp), "gzip") as stream:
+                    pacsv.write_csv(table, stream, write_options=options)
+            else:
+                pacsv.write_csv(table, tmp, write_options=options)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny synthetic feed on disk and a config dict that trains on it in seconds."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from multikpi.data.synthetic import make_feed
+from multikpi.data.tabular import write_table
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_CONFIG = {
+    "data": {
+        "categorical": ["user_id", "item_id", "item_category", "device", "position"],
+        "dense": ["price", "item_age_h", "affinity"],
+        "log1p": ["price", "item_age_h"],
+    },
+    "tasks": {
+        "click": {"kind": "binary", "label": "click"},
+        "dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"},
+        "convert": {"kind": "binary", "label": "convert"},
+    },
+    "model": {"embedding_dim": 4, "shared": [32, 16], "tower": [8]},
+    "train": {"epochs": 1, "batch_size": 512, "seed": 0, "threads": 1, "progress": "off"},
+}
+
+
+@pytest.fixture(scope="session")
+def feed_files(tmp_path_factory) -> dict[str, Path]:
+    """train (4000 rows), valid and test (1500 rows each) Parquet files of the synthetic feed."""
+    root = tmp_path_factory.mktemp("feed")
+    files = {}
+    for split, rows, seed in (("train", 4000, 0), ("valid", 1500, 1), ("test", 1500, 2)):
+        files[split] = root / f"{split}.parquet"
+        write_table(make_feed(rows, seed=seed), files[split])
+    return files
+
+
+@pytest.fixture
+def tiny_config(feed_files, tmp_path) -> dict:
+    """A fresh config dict (safe to mutate) on the tiny feed, writing to tmp_path/run."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["data"].update({k: str(v) for k, v in feed_files.items()})
+    config["out_dir"] = str(tmp_path / "run")
+    return config

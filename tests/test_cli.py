@@ -1,0 +1,84 @@
+"""End to end through the `multikpi` command: make-data, validate, train, evaluate, predict;
+and the one-line errors with exit code 2 that leave nothing behind."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from multikpi.cli.main import main
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "multikpi.cli.main", *args], capture_output=True, text=True)
+
+
+def test_end_to_end(tmp_path, tiny_config):
+    data = tmp_path / "data"
+    for split, seed in (("train", 0), ("valid", 1)):
+        result = _cli("make-data", "feed", "--rows", "3000", "--seed", str(seed), "--out", str(data / f"{split}.parquet"))
+        assert result.returncode == 0, result.stderr
+    tiny_config["data"].update({"train": str(data / "train.parquet"), "valid": str(data / "valid.parquet"),
+                                "test": str(data / "valid.parquet")})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config, sort_keys=False))
+    run_dir = tmp_path / "run"
+
+    assert _cli("validate", str(config_path)).returncode == 0
+    result = _cli("train", str(config_path), "train.epochs=2", "--out-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2:" in result.stderr and "valid click auc=" in result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"click", "dwell", "convert"}
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2 * 6  # ceil(3000 / 512) steps per epoch
+
+    result = _cli("evaluate", str(run_dir), str(data / "valid.parquet"), "--json", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["click"]["auc"] == pytest.approx(metrics["test"]["click"]["auc"])
+
+    out = tmp_path / "preds.csv"
+    result = _cli("predict", str(run_dir), str(data / "valid.parquet"), "--out", str(out), "--keep", "request_id")
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0].replace('"', "") == "request_id,click,dwell,convert"
+    assert len(lines) == 3001
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path, tiny_config, capsys):
+    tiny_config["loss"] = {"combine": "uncertanty"}
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config, sort_keys=False))
+    assert main(["train", str(config_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "`loss.combine` must be one of sum, weighted, uncertainty, gradnorm, dwa. Got 'uncertanty'." in err
+    assert not Path(tiny_config["out_dir"]).exists()
+
+
+def test_missing_column_is_one_line_exit_2(tmp_path, tiny_config, capsys):
+    tiny_config["data"]["dense"] = ["price", "no_such_column"]
+    tiny_config["data"]["log1p"] = []
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config, sort_keys=False))
+    assert main(["train", str(config_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no column(s) ['no_such_column']" in err
+    assert not Path(tiny_config["out_dir"]).exists()
+
+
+def test_predict_missing_feature_column_exit_2_and_no_output(tmp_path, tiny_config, capsys):
+    from multikpi import train
+    run = train(tiny_config)
+    table = pq.read_table(tiny_config["data"]["valid"]).drop(["price"])
+    pq.write_table(table, tmp_path / "noprice.parquet")
+    out = tmp_path / "p.parquet"
+    assert main(["predict", str(run.run_dir), str(tmp_path / "noprice.parquet"), "--out", str(out)]) == 2
+    assert "no column(s) ['price']" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,495 @@
+"""Tests of the feature/label encoders and of reading tables, against hand-computed values and
+numpy closed forms."""
+from __future__ import annotations
+
+import gzip
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from multikpi.config import config_from_dict
+from multikpi.data.encoders import EncodedData, FeatureEncoder
+from multikpi.data.synthetic import make_feed
+from multikpi.data.tabular import read_table, write_table
+from multikpi.errors import ArtifactError, DataError
+
+NAN = float("nan")
+
+
+def make_config(categorical=("user",), dense=("x",), log1p=(), min_frequency=1, tasks=None):
+    if tasks is None:
+        tasks = {"click": {"kind": "binary", "label": "click"}}
+    return config_from_dict({
+        "data": {"train": "train.parquet", "categorical": list(categorical), "dense": list(dense),
+                 "log1p": list(log1p), "min_frequency": min_frequency},
+        "tasks": tasks,
+    })
+
+
+FULL_TASKS = {
+    "click": {"kind": "binary", "label": "click"},
+    "convert": {"kind": "binary", "label": "convert", "train_on": "click"},
+    "dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"},
+}
+
+
+def train_table() -> pa.Table:
+    return pa.table({
+        "user": pa.array([10, 20, 10, None, 30, 20], pa.int64()),
+        "item": pa.array(["b", "a", "b", "c", None, "b"]),
+        "x": pa.array([1.0, 2.0, None, 4.0, NAN, 8.0], pa.float64()),
+        "price": pa.array([0.0, 1.0, 3.0, 7.0, 15.0, 99.0], pa.float32()),
+        "click": pa.array([1, 0, 1, 1, 0, 0], pa.int8()),
+        "convert": pa.array([1, 1, 0, None, 0, 1], pa.int8()),
+        "dwell": pa.array([1.0, 3.0, None, 0.0, 10.0, 20.0], pa.float32()),
+    })
+
+
+def full_config(**kwargs):
+    base = dict(categorical=("user", "item"), dense=("x", "price"), log1p=("price",), tasks=FULL_TASKS)
+    base.update(kwargs)
+    return make_config(**base)
+
+
+# --- categorical -----------------------------------------------------------------------------
+
+def test_vocabulary_is_fit_on_train_only():
+    config = make_config()
+    train = pa.table({"user": [10, 20, 30], "x": [1.0, 2.0, 3.0], "click": [0, 1, 0]})
+    other = pa.table({"user": [30, 40, 10, 20, 99], "x": [1.0] * 5, "click": [0] * 5})
+    encoder = FeatureEncoder.fit(train, config)
+    assert encoder.vocab_sizes == [4]  # 3 ids + the out-of-vocabulary row
+    assert encoder.encode(train).categorical[:, 0].tolist() == [1, 2, 3]
+    # 40 and 99 appear only in the second table: out of vocabulary.
+    assert encoder.encode(other).categorical[:, 0].tolist() == [3, 0, 1, 2, 0]
+
+
+def test_nulls_map_to_zero_and_are_not_in_vocabulary():
+    config = make_config(categorical=("user", "item"))
+    encoder = FeatureEncoder.fit(train_table(), config)
+    assert encoder.vocabs["user"].to_pylist() == [10, 20, 30]
+    assert encoder.vocabs["item"].to_pylist() == ["a", "b", "c"]
+    encoded = encoder.encode(train_table()).categorical
+    assert encoded.dtype == torch.int64
+    assert encoded[:, 0].tolist() == [1, 2, 1, 0, 3, 2]
+    assert encoded[:, 1].tolist() == [2, 1, 2, 3, 0, 2]
+
+
+def test_min_frequency_drops_rare_ids():
+    config = make_config(categorical=("user", "item"), min_frequency=2)
+    encoder = FeatureEncoder.fit(train_table(), config)
+    assert encoder.vocabs["user"].to_pylist() == [10, 20]  # 30 seen once
+    assert encoder.vocabs["item"].to_pylist() == ["b"]     # a and c seen once
+    assert encoder.vocab_sizes == [3, 2]
+    encoded = encoder.encode(train_table()).categorical
+    assert encoded[:, 0].tolist() == [1, 2, 1, 0, 0, 2]
+    assert encoded[:, 1].tolist() == [1, 0, 1, 0, 0, 1]
+
+
+def test_string_and_integer_ids_match_a_dictionary_oracle():
+    table = make_feed(2000, seed=1)
+    config = make_config(categorical=("user_id", "item_category", "device"), dense=("noise",))
+    encoder = FeatureEncoder.fit(table, config)
+    encoded = encoder.encode(table).categorical.numpy()
+    for j, column in enumerate(("user_id", "item_category", "device")):
+        values = table.column(column).to_pylist()
+        vocab = sorted(set(v for v in values if v is not None))
+        index = {v: i + 1 for i, v in enumerate(vocab)}
+        assert encoder.vocab_sizes[j] == len(vocab) + 1
+        np.testing.assert_array_equal(encoded[:, j], [index.get(v, 0) for v in values])
+
+
+def test_other_integer_width_and_dictionary_columns_encode_like_train():
+    config = make_config(categorical=("user", "item"))
+    encoder = FeatureEncoder.fit(train_table(), config)
+    other = pa.table({
+        "user": pa.array([30, 10, 77], pa.int32()),
+        "item": pa.array(["c", "zz", "a"]).dictionary_encode(),
+        "x": [0.0, 0.0, 0.0],
+        "click": [0, 0, 0],
+    })
+    encoded = encoder.encode(other).categorical
+    assert encoded[:, 0].tolist() == [3, 1, 0]
+    assert encoded[:, 1].tolist() == [3, 0, 1]
+
+
+def test_categorical_ids_of_incompatible_type_raise():
+    config = make_config()
+    encoder = FeatureEncoder.fit(train_table(), config)
+    other = pa.table({"user": ["u1", "u2"], "x": [1.0, 2.0], "click": [0, 1]})
+    with pytest.raises(DataError, match=r"categorical column 'user' must hold ids of type int64"):
+        encoder.encode(other)
+
+
+def test_float_categorical_column_raises():
+    config = make_config()
+    table = pa.table({"user": [1.5, 2.5], "x": [1.0, 2.0], "click": [0, 1]})
+    with pytest.raises(DataError, match=r"categorical column 'user' must hold integer or string ids\. Got type double"):
+        FeatureEncoder.fit(table, config)
+
+
+# --- dense -----------------------------------------------------------------------------------
+
+def test_dense_standardized_with_train_statistics():
+    config = make_config(dense=("x", "price"))
+    train = train_table()
+    encoder = FeatureEncoder.fit(train, config)
+    x = np.array([1.0, 2.0, NAN, 4.0, NAN, 8.0])
+    price = np.array([0.0, 1.0, 3.0, 7.0, 15.0, 99.0])
+    mean, std = np.nanmean(x), np.nanstd(x)  # population std (ddof=0)
+    assert encoder.dense_stats["x"]["mean"] == pytest.approx(15.0 / 4)
+    assert encoder.dense_stats["x"]["std"] == pytest.approx(std)
+    assert encoder.dense_stats["price"]["mean"] == pytest.approx(price.mean())
+    assert encoder.dense_stats["price"]["std"] == pytest.approx(price.std())
+    assert encoder.missing_indicators == ["x"]  # price has no NaN in train
+    assert encoder.num_dense_inputs == 3
+
+    dense = encoder.encode(train).dense
+    assert dense.dtype == torch.float32 and dense.shape == (6, 3)
+    missing = np.isnan(x)
+    expected_x = np.where(missing, 0.0, (x - mean) / std)
+    np.testing.assert_allclose(dense[:, 0].numpy(), expected_x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dense[:, 1].numpy(), (price - price.mean()) / price.std(), rtol=1e-6, atol=1e-6)
+    # The indicator column sits after the dense columns and is 1 exactly where x was NaN or null.
+    np.testing.assert_array_equal(dense[:, 2].numpy(), missing.astype(np.float32))
+
+
+def test_new_data_uses_train_statistics():
+    config = make_config(dense=("x",))
+    encoder = FeatureEncoder.fit(train_table(), config)
+    x = np.array([1.0, 2.0, NAN, 4.0, NAN, 8.0])
+    mean, std = np.nanmean(x), np.nanstd(x)
+    other = pa.table({"user": [1, 2, 3], "x": [100.0, None, -3.0], "click": [0, 0, 1]})
+    dense = encoder.encode(other).dense.numpy()
+    np.testing.assert_allclose(dense[:, 0], [(100 - mean) / std, 0.0, (-3 - mean) / std], rtol=1e-6)
+    np.testing.assert_array_equal(dense[:, 1], [0.0, 1.0, 0.0])
+
+
+def test_log1p_applied_before_standardizing():
+    config = make_config(dense=("price",), log1p=("price",))
+    encoder = FeatureEncoder.fit(train_table(), config)
+    logged = np.log1p(np.array([0.0, 1.0, 3.0, 7.0, 15.0, 99.0]))
+    assert encoder.dense_stats["price"]["mean"] == pytest.approx(logged.mean())
+    assert encoder.dense_stats["price"]["std"] == pytest.approx(logged.std())
+    dense = encoder.encode(train_table()).dense[:, 0].numpy()
+    np.testing.assert_allclose(dense, (logged - logged.mean()) / logged.std(), rtol=1e-5, atol=1e-6)
+
+
+def test_log1p_clips_negative_values_to_zero():
+    config = make_config(dense=("v",), log1p=("v",))
+    train = pa.table({"user": [1, 2, 3, 4], "v": [-5.0, 0.0, 1.0, 3.0], "click": [0, 1, 0, 1]})
+    encoder = FeatureEncoder.fit(train, config)
+    logged = np.log1p(np.array([0.0, 0.0, 1.0, 3.0]))
+    assert encoder.dense_stats["v"]["mean"] == pytest.approx(logged.mean())
+
+
+def test_constant_dense_column_gets_unit_std():
+    config = make_config(dense=("v",))
+    train = pa.table({"user": [1, 2, 3], "v": [5.0, 5.0, 5.0], "click": [0, 1, 0]})
+    encoder = FeatureEncoder.fit(train, config)
+    assert encoder.dense_stats["v"]["std"] == 1.0
+    other = pa.table({"user": [1], "v": [7.0], "click": [0]})
+    assert encoder.encode(other).dense[0, 0].item() == pytest.approx(2.0)
+
+
+def test_integer_and_boolean_dense_columns():
+    config = make_config(dense=("n", "b"))
+    train = pa.table({"user": [1, 2, 3, 4], "n": pa.array([1, 2, 3, 6], pa.int16()),
+                      "b": [True, False, True, True], "click": [0, 1, 0, 1]})
+    dense = FeatureEncoder.fit(train, config).encode(train).dense.numpy()
+    n, b = np.array([1.0, 2, 3, 6]), np.array([1.0, 0, 1, 1])
+    np.testing.assert_allclose(dense[:, 0], (n - n.mean()) / n.std(), rtol=1e-6)
+    np.testing.assert_allclose(dense[:, 1], (b - b.mean()) / b.std(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_inf_in_dense_column_raises(value):
+    config = make_config(dense=("x",))
+    bad = pa.table({"user": [1, 2], "x": [1.0, value], "click": [0, 1]})
+    with pytest.raises(DataError, match=r"dense column 'x' must be finite or null\. Got 1 infinite value"):
+        FeatureEncoder.fit(bad, config)
+    encoder = FeatureEncoder.fit(train_table(), config)
+    with pytest.raises(DataError, match=r"dense column 'x' must be finite"):
+        encoder.encode(bad)
+
+
+def test_string_dense_column_raises():
+    config = make_config(dense=("x",))
+    bad = pa.table({"user": [1, 2], "x": ["1.0", "2.0"], "click": [0, 1]})
+    with pytest.raises(DataError, match=r"dense column 'x' must be numeric\. Got type string"):
+        FeatureEncoder.fit(bad, config)
+
+
+def test_all_null_dense_column_raises():
+    config = make_config(dense=("x",))
+    bad = pa.table({"user": [1, 2], "x": pa.array([None, None], pa.float64()), "click": [0, 1]})
+    with pytest.raises(DataError, match=r"dense column 'x' has no values in the training data"):
+        FeatureEncoder.fit(bad, config)
+
+
+def test_missing_column_raises_data_error():
+    config = make_config(dense=("x",))
+    encoder = FeatureEncoder.fit(train_table(), config)
+    without = train_table().drop_columns(["x"])
+    with pytest.raises(DataError, match=r"no column\(s\) \['x'\]"):
+        FeatureEncoder.fit(without, config)
+    with pytest.raises(DataError, match=r"no column\(s\) \['x'\]"):
+        encoder.encode(without)
+    # Labels are only needed when they are encoded.
+    no_label = train_table().drop_columns(["click"])
+    with pytest.raises(DataError, match=r"no column\(s\) \['click'\]"):
+        encoder.encode(no_label)
+    assert torch.isnan(encoder.encode(no_label, with_labels=False).labels).all()
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+def test_binary_label_with_value_two_raises():
+    config = make_config()
+    bad = pa.table({"user": [1, 2, 3], "x": [1.0, 2.0, 3.0], "click": [0, 2, 1]})
+    with pytest.raises(DataError, match=r"label column 'click' of binary task 'click' must be 0 or 1\. Got \[2(\.0)?\]"):
+        FeatureEncoder.fit(bad, config)
+    encoder = FeatureEncoder.fit(train_table(), config)
+    with pytest.raises(DataError, match=r"label column 'click'.*must be 0 or 1\. Got \[2"):
+        encoder.encode(bad)
+
+
+def test_all_null_label_raises():
+    config = make_config(tasks={"dwell": {"kind": "regression", "label": "dwell"}})
+    bad = pa.table({"user": [1, 2], "x": [1.0, 2.0], "dwell": pa.array([None, None], pa.float32())})
+    with pytest.raises(DataError, match=r"task 'dwell' has no labelled rows .*column 'dwell' is all null"):
+        FeatureEncoder.fit(bad, config)
+
+
+def test_string_label_raises():
+    config = make_config()
+    bad = pa.table({"user": [1, 2], "x": [1.0, 2.0], "click": ["yes", "no"]})
+    with pytest.raises(DataError, match=r"label column 'click' of task 'click' must be numeric"):
+        FeatureEncoder.fit(bad, config)
+
+
+def test_binary_labels_and_nulls():
+    config = make_config(tasks={"click": {"kind": "binary", "label": "click"},
+                                "convert": {"kind": "binary", "label": "convert"}})
+    encoder = FeatureEncoder.fit(train_table(), config)
+    assert encoder.labels["click"].mean == pytest.approx(0.5)
+    assert encoder.labels["convert"].mean == pytest.approx(3 / 5)
+    labels = encoder.encode(train_table()).labels.numpy()
+    np.testing.assert_array_equal(labels[:, 0], [1, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(labels[:, 1], [1, 1, 0, NAN, 0, 1])
+
+
+def test_train_on_masks_label_where_parent_is_not_one():
+    config = full_config()
+    table = train_table()
+    encoder = FeatureEncoder.fit(table, config)
+    data = encoder.encode(table)
+    assert data.tasks == ("click", "convert", "dwell")
+    convert = data.labels[:, 1].numpy()
+    # click = [1, 0, 1, 1, 0, 0]; convert = [1, 1, 0, null, 0, 1]
+    np.testing.assert_array_equal(convert, [1, NAN, 0, NAN, NAN, NAN])
+    # The base rate is fit on the gated rows only: rows 0 and 2.
+    assert encoder.labels["convert"].mean == pytest.approx(0.5)
+    assert encoder.labels["convert"].train_on == "click"
+
+
+def test_regression_label_standardized_and_inverted():
+    config = full_config()
+    table = train_table()
+    encoder = FeatureEncoder.fit(table, config)
+    dwell = np.array([1.0, 3.0, NAN, 0.0, 10.0, 20.0])
+    present = dwell[~np.isnan(dwell)]
+    mean, std = np.log1p(present).mean(), np.log1p(present).std()
+    stats = encoder.labels["dwell"]
+    assert (stats.kind, stats.transform) == ("regression", "log1p")
+    assert stats.mean == pytest.approx(mean) and stats.std == pytest.approx(std)
+    encoded = encoder.encode(table).labels[:, 2].numpy()
+    np.testing.assert_allclose(encoded, (np.log1p(dwell) - mean) / std, rtol=1e-5, atol=1e-6)
+    assert np.isnan(encoded[2])
+    back = encoder.to_original_units("dwell", encoded.astype(np.float64))
+    np.testing.assert_allclose(back, dwell, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(encoder.to_transformed("dwell", encoded.astype(np.float64)), np.log1p(dwell),
+                               rtol=1e-5, atol=1e-6)
+    # The model's 0 is the train mean of log1p(dwell).
+    assert encoder.to_original_units("dwell", np.array([0.0]))[0] == pytest.approx(np.expm1(mean))
+
+
+def test_regression_label_without_transform():
+    config = make_config(tasks={"y": {"kind": "regression", "label": "y"}})
+    y = np.array([2.0, -4.0, 6.0, 12.0])
+    table = pa.table({"user": [1, 2, 3, 4], "x": [0.0, 1.0, 2.0, 3.0], "y": y})
+    encoder = FeatureEncoder.fit(table, config)
+    encoded = encoder.encode(table).labels[:, 0].numpy()
+    np.testing.assert_allclose(encoded, (y - y.mean()) / y.std(), rtol=1e-6)
+    np.testing.assert_allclose(encoder.to_original_units("y", encoded.astype(np.float64)), y, rtol=1e-6)
+
+
+def test_without_labels_everything_is_nan():
+    encoder = FeatureEncoder.fit(train_table(), full_config())
+    data = encoder.encode(train_table(), with_labels=False)
+    assert data.labels.shape == (6, 3) and torch.isnan(data.labels).all()
+    assert isinstance(data, EncodedData) and data.num_rows == 6
+
+
+# --- save / load -----------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    config = full_config(min_frequency=2)
+    train = train_table()
+    encoder = FeatureEncoder.fit(train, config)
+    files = encoder.save(tmp_path / "enc")
+    assert all(f.exists() for f in files) and (tmp_path / "enc" / "encoders.json") in files
+    loaded = FeatureEncoder.load(tmp_path / "enc")
+    assert loaded.categorical == encoder.categorical and loaded.dense == encoder.dense
+    assert loaded.vocab_sizes == encoder.vocab_sizes
+    assert loaded.missing_indicators == encoder.missing_indicators
+    assert loaded.labels == encoder.labels
+    other = pa.table({
+        "user": [30, 10, 5, None], "item": ["b", "q", None, "a"], "x": [3.0, None, 1e3, -2.0],
+        "price": [0.5, 2.0, 1e4, 0.0], "click": [1, 1, 0, 0], "convert": [0, 1, 1, None],
+        "dwell": [2.0, None, 0.5, 1.0],
+    })
+    for table in (train, other):
+        a, b = encoder.encode(table), loaded.encode(table)
+        assert torch.equal(a.categorical, b.categorical)
+        assert torch.equal(a.dense, b.dense)
+        np.testing.assert_array_equal(a.labels.numpy(), b.labels.numpy())  # NaN == NaN here
+        assert a.tasks == b.tasks
+
+
+def test_load_from_missing_directory(tmp_path):
+    with pytest.raises(ArtifactError, match=r"cannot be read"):
+        FeatureEncoder.load(tmp_path / "nothing")
+
+
+# --- read_table / write_table ----------------------------------------------------------------
+
+def small_table() -> pa.Table:
+    return pa.table({"a": pa.array([1, 2, 3], pa.int64()), "b": ["x", None, "z"], "c": [0.5, 1.5, None]})
+
+
+def test_read_parquet_and_select_columns(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(small_table(), path)
+    assert read_table(path).equals(small_table())
+    assert read_table(path, ["c", "a"]).column_names == ["c", "a"]
+
+
+def test_read_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"'.*nope\.parquet' does not exist"):
+        read_table(tmp_path / "nope.parquet")
+
+
+def test_read_empty_file(tmp_path):
+    path = tmp_path / "empty.parquet"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=r"is empty \(0 bytes\)"):
+        read_table(path)
+
+
+def test_read_corrupt_parquet(tmp_path):
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"this is not parquet at all" * 10)
+    with pytest.raises(DataError, match=r"x\.parquet' is not readable parquet"):
+        read_table(path)
+
+
+def test_read_missing_column_names_it(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(small_table(), path)
+    with pytest.raises(DataError, match=r"has no column\(s\) \['dwell'\]; it has \['a', 'b', 'c'\]"):
+        read_table(path, ["a", "dwell"])
+
+
+def test_unknown_suffix(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text("{}")
+    with pytest.raises(DataError, match=r"the name must end in one of"):
+        read_table(path)
+
+
+def test_read_csv(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c\n1,x,0.5\n2,,1.5\n3,z,\n")
+    table = read_table(path)
+    assert table.column("a").to_pylist() == [1, 2, 3]
+    assert table.column("b").to_pylist() == ["x", None, "z"]
+    assert table.column("c").to_pylist() == [0.5, 1.5, None]
+    assert read_table(path, ["b"]).column_names == ["b"]
+    with pytest.raises(DataError, match=r"has no column\(s\) \['d'\]"):
+        read_table(path, ["d"])
+
+
+def test_csv_with_header_only_has_no_rows(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n")
+    with pytest.raises(DataError, match=r"has no rows"):
+        read_table(path)
+
+
+def test_ragged_csv(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n3\n")
+    with pytest.raises(DataError, match=r"is not readable csv"):
+        read_table(path)
+
+
+def test_csv_with_invalid_utf8_is_a_data_error(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"a,b\n1,\xff\xfe\n2,ok\n")
+    with pytest.raises(DataError, match=r"bad\.csv' is not readable csv: column\(s\) \['b'\] .*not valid UTF-8"):
+        read_table(path)
+    # Only the requested columns are checked.
+    assert read_table(path, ["a"]).column("a").to_pylist() == [1, 2]
+    header = tmp_path / "bad_header.csv"
+    header.write_bytes(b"a,\xff\n1,2\n")
+    with pytest.raises(DataError, match=r"is not readable csv"):
+        read_table(header)
+
+
+def test_tsv_is_tab_separated(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("a\tb\n1\tx\n2\ty\n")
+    table = read_table(path)
+    assert table.column_names == ["a", "b"]
+    assert table.column("a").to_pylist() == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.csv", "t.csv.gz", "t.tsv"])
+def test_write_then_read_round_trip(tmp_path, name):
+    path = tmp_path / "sub" / name
+    write_table(small_table(), path)
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary file left behind
+    back = read_table(path)
+    assert back.column_names == ["a", "b", "c"]
+    for column in ("a", "b", "c"):
+        assert back.column(column).to_pylist() == small_table().column(column).to_pylist()
+
+
+def test_written_csv_gz_is_gzip(tmp_path):
+    path = tmp_path / "t.csv.gz"
+    write_table(small_table(), path)
+    assert gzip.decompress(path.read_bytes()).decode().splitlines()[0] == '"a","b","c"'
+
+
+def test_encoders_on_a_csv_round_trip(tmp_path):
+    table = make_feed(500, seed=3)
+    path = tmp_path / "feed.csv"
+    write_table(table, path)
+    config = make_config(categorical=("user_id", "device"), dense=("price", "affinity"), log1p=("price",),
+                         tasks={"click": {"kind": "binary", "label": "click"},
+                                "dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"}})
+    from_csv = FeatureEncoder.fit(read_table(path), config)
+    direct = FeatureEncoder.fit(table, config)
+    a, b = direct.encode(table), from_csv.encode(read_table(path))
+    assert torch.equal(a.categorical, b.categorical)
+    np.testing.assert_allclose(a.dense.numpy(), b.dense.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.labels.numpy(), b.labels.numpy(), rtol=1e-5, atol=1e-5)
+    # affinity has ~5% NaN: the indicator matches the column's nulls exactly.
+    assert direct.missing_indicators == ["affinity"]
+    affinity = table.column("affinity").to_numpy(zero_copy_only=False).astype(np.float64)
+    np.testing.assert_array_equal(a.dense[:, 2].numpy(), np.isnan(affinity).astype(np.float32))
