@@ -493,3 +493,19 @@ def test_encoders_on_a_csv_round_trip(tmp_path):
     assert direct.missing_indicators == ["affinity"]
     affinity = table.column("affinity").to_numpy(zero_copy_only=False).astype(np.float64)
     np.testing.assert_array_equal(a.dense[:, 2].numpy(), np.isnan(affinity).astype(np.float32))
+
+
+@pytest.mark.parametrize("min_frequency", [1, 2])
+def test_fit_encode_equals_fit_then_encode(min_frequency):
+    """The one-pass training encoding must match encoding the training table afterwards."""
+    table = make_feed(3000, seed=4)
+    config = make_config(categorical=("user_id", "item_id", "item_category", "device"),
+                         dense=("price", "affinity"), log1p=("price",), min_frequency=min_frequency,
+                         tasks=FULL_TASKS | {"dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"}})
+    encoder, encoded = FeatureEncoder.fit_encode(table, config)
+    again = encoder.encode(table)
+    assert torch.equal(encoded.categorical, again.categorical)
+    assert torch.equal(encoded.dense, again.dense)
+    assert torch.equal(encoded.labels.isnan(), again.labels.isnan())
+    if min_frequency == 2:
+        assert (encoded.categorical[:, 1] == 0).any()  # rare items went out of vocabulary

@@ -15,6 +15,8 @@ to original units). A null label is NaN in the encoded array: no loss and no met
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,24 +91,41 @@ class FeatureEncoder:
     @classmethod
     def fit(cls, table: pa.Table, config: RunConfig) -> "FeatureEncoder":
         """Fit every encoder on the training table."""
+        return cls.fit_encode(table, config)[0]
+
+    @classmethod
+    def fit_encode(cls, table: pa.Table, config: RunConfig) -> tuple["FeatureEncoder", EncodedData]:
+        """Fit on the training table and return its encoding too, in one pass over each column
+        (the vocabulary comes from one hash pass that also yields the training codes)."""
         data = config.data
         _require_columns(table, data.categorical + data.dense + [t.label for t in config.tasks.values()])
-        vocabs = {c: _fit_vocab(table.column(c), c, data.min_frequency) for c in data.categorical}
+        fitted = _in_parallel([lambda c=c: _fit_encode_ids(table.column(c), c, data.min_frequency)
+                               for c in data.categorical])
+        vocabs = {c: vocab for c, (vocab, _) in zip(data.categorical, fitted)}
         dense_stats = {c: _fit_dense(table.column(c), c, c in data.log1p) for c in data.dense}
-        labels = {}
-        for name, task in config.tasks.items():
-            values = _label_values(table, name, task, config)
-            labels[name] = _fit_label(values, name, task)
-        return cls(vocabs=vocabs, dense_stats=dense_stats, labels=labels)
+        labels = {name: _fit_label(_label_values(table, name, task, config), name, task)
+                  for name, task in config.tasks.items()}
+        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=labels)
+        categorical = np.empty((table.num_rows, len(vocabs)), dtype=np.int64)
+        for i, (_, codes) in enumerate(fitted):
+            categorical[:, i] = codes
+        return encoder, encoder._encode_rest(table, categorical, with_labels=True)
 
     def encode(self, table: pa.Table, with_labels: bool = True) -> EncodedData:
         """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
         labels_needed = [s.label for s in self.labels.values()] if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
+        categorical = np.empty((table.num_rows, len(self.vocabs)), dtype=np.int64)
+
+        def encode_column(i: int, column: str) -> None:
+            categorical[:, i] = _encode_ids(table.column(column), self.vocabs[column], column)
+
+        _in_parallel([lambda i=i, c=c: encode_column(i, c) for i, c in enumerate(self.vocabs)])
+        return self._encode_rest(table, categorical, with_labels)
+
+    def _encode_rest(self, table: pa.Table, categorical: np.ndarray, with_labels: bool) -> EncodedData:
+        """Dense inputs and labels, around already encoded categorical codes."""
         n = table.num_rows
-        categorical = np.empty((n, len(self.vocabs)), dtype=np.int64)
-        for i, (column, vocab) in enumerate(self.vocabs.items()):
-            categorical[:, i] = _encode_ids(table.column(column), vocab, column)
         dense = np.empty((n, self.num_dense_inputs), dtype=np.float32)
         extra = len(self.dense_stats)
         for i, (column, stats) in enumerate(self.dense_stats.items()):
@@ -183,18 +202,36 @@ def _require_columns(table: pa.Table, columns: list[str]) -> None:
         raise DataError(f"input table has no column(s) {missing}; it has {table.column_names}")
 
 
-def _fit_vocab(column: pa.ChunkedArray, name: str, min_frequency: int) -> pa.Array:
-    """Sorted distinct non-null values seen at least `min_frequency` times."""
+def _check_id_type(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
             or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type)):
         raise DataError(f"categorical column {name!r} must hold integer or string ids. Got type {column.type}")
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    counts = pc.value_counts(column.drop_null())
-    values, freq = counts.field("values"), counts.field("counts")
-    if min_frequency > 1:
-        values = values.filter(pc.greater_equal(freq, min_frequency))
-    return values.take(pc.sort_indices(values))
+    return column
+
+
+def _fit_encode_ids(column: pa.ChunkedArray, name: str, min_frequency: int) -> tuple[pa.Array, np.ndarray]:
+    """(vocabulary, codes): the sorted distinct non-null values seen at least `min_frequency`
+    times, and each row's index in it + 1 (0 for null and rare ids)."""
+    column = _check_id_type(column, name)
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    distinct = encoded.dictionary
+    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64) + 1
+    keep = np.bincount(codes, minlength=len(distinct) + 1)[1:] >= min_frequency
+    order = pc.sort_indices(distinct).to_numpy()
+    kept = order[keep[order]]
+    remap = np.zeros(len(distinct) + 1, dtype=np.int64)
+    remap[kept + 1] = np.arange(1, len(kept) + 1)
+    return distinct.take(pa.array(kept)), remap[codes]
+
+
+def _in_parallel(jobs: list) -> list:
+    """Run independent column jobs on a small thread pool (Arrow and NumPy release the GIL)."""
+    if len(jobs) < 2:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda job: job(), jobs))
 
 
 def _encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:

@@ -64,8 +64,8 @@ def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedDat
     """Read train (and valid/test when configured), fit the encoders on train, encode every split."""
     columns = needed_columns(config)
     train_table = read_table(config.data.train, columns)
-    encoder = FeatureEncoder.fit(train_table, config)
-    splits = {"train": encoder.encode(train_table)}
+    encoder, train_data = FeatureEncoder.fit_encode(train_table, config)
+    splits = {"train": train_data}
     del train_table
     for name, path in (("valid", config.data.valid), ("test", config.data.test)):
         if path is not None:
