@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default="configs/feed_benchmark.yaml")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
     config = load_config(args.config, ["data.valid=null", "data.test=null", *args.overrides])
     seed_everything(config.train.seed, config.train.threads)
@@ -40,7 +41,9 @@ def main() -> None:
         marks = [time.perf_counter()]
         batch = next(batches)
         marks.append(time.perf_counter())
-        total = combiner(task_losses(model(batch), batch.labels, kinds))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            outputs = model(batch)
+        total = combiner(task_losses({t: v.float() for t, v in outputs.items()}, batch.labels, kinds))
         marks.append(time.perf_counter())
         optimizers.zero_grad()
         total.backward()

@@ -32,7 +32,8 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float
     predictor = Predictor.load(run_dir)
     table = read_table(data, needed_columns(predictor.config))
     encoded = predictor.encoder.encode(table)
-    outputs = model_outputs(predictor.model, encoded, predictor.config.train.eval_batch_size)
+    outputs = model_outputs(predictor.model, encoded, predictor.config.train.eval_batch_size,
+                            predictor.precision)
     return task_metrics(outputs, encoded, predictor.encoder)
 
 

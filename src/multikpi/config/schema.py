@@ -99,6 +99,8 @@ class TrainSpec(Spec):
     log_every: PositiveInt = 50
     eval_batch_size: PositiveInt = 16384
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="matmul precision; auto = bf16 autocast where the hardware has native bf16")
     progress: Literal["auto", "on", "off"] = "auto"
 
 

@@ -9,18 +9,20 @@ from multikpi.eval.metrics import binary_metrics, regression_metrics
 
 
 def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
-                  progress=None) -> dict[str, np.ndarray]:
+                  precision: torch.dtype | None = None, progress=None) -> dict[str, np.ndarray]:
     """task -> (N,) raw outputs: logits for binary tasks, standardized values for regression.
 
-    Runs under inference_mode in slices of `batch_size` rows; `progress` (a tqdm bar) is advanced by
-    the rows done."""
+    Runs under inference_mode (and autocast to `precision` when given) in slices of `batch_size`
+    rows on the model's device; `progress` (a tqdm bar) is advanced by the rows done."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     chunks: dict[str, list[torch.Tensor]] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=precision, enabled=precision is not None):
         for start in range(0, data.num_rows, batch_size):
             stop = min(start + batch_size, data.num_rows)
-            outputs = model.forward_features(data.categorical[start:stop], data.dense[start:stop])
+            outputs = model.forward_features(data.categorical[start:stop].to(device),
+                                             data.dense[start:stop].to(device))
             for task, values in outputs.items():
                 chunks.setdefault(task, []).append(values.float().cpu())
             if progress is not None:

@@ -25,7 +25,11 @@ class TaskTower(nn.Module):
         nn.init.constant_(self.out.bias, output_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(features)).squeeze(-1)
+        hidden = self.body(features)
+        # The output unit always runs in float32: a bf16 logit has steps of 1/64 near -3, which
+        # would tie thousands of scores and cost AUC. It is one column, so it costs nothing.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.out(hidden.float()).squeeze(-1)
 
 
 def logit_of_rate(rate: float) -> float:

@@ -21,6 +21,7 @@ from multikpi.eval.evaluate import estimates, model_outputs
 from multikpi.models.build import build_model
 from multikpi.models.multitask import MultiTaskModel
 from multikpi.serve.artifact import verify_run
+from multikpi.train.run import resolve_precision
 
 
 class Predictor:
@@ -30,6 +31,7 @@ class Predictor:
         self.config = config
         self.encoder = encoder
         self.model = model.eval()
+        self.precision = resolve_precision(config.train.precision, torch.device("cpu"))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Predictor":
@@ -62,7 +64,7 @@ class Predictor:
         if missing:
             raise DataError(f"input has no column(s) {missing}; the model needs {self.feature_columns()}")
         data = self.encoder.encode(table, with_labels=False)
-        values = estimates(model_outputs(self.model, data, self.config.train.eval_batch_size), self.encoder)
+        values = estimates(model_outputs(self.model, data, self.config.train.eval_batch_size, self.precision), self.encoder)
         columns = {c: table.column(c) for c in keep}
         columns.update({task: pa.array(np.asarray(values[task], dtype=np.float64)) for task in self.tasks})
         return pa.table(columns)

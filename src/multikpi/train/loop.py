@@ -23,7 +23,15 @@ from multikpi.losses.task_losses import task_losses
 from multikpi.models.build import build_model
 from multikpi.optim.build import build_optimizers
 from multikpi.optim.param_groups import build_param_groups
-from multikpi.train.run import Run, load_splits, resolve_device, save_run, seed_everything, step_record
+from multikpi.train.run import (
+    Run,
+    load_splits,
+    resolve_device,
+    resolve_precision,
+    save_run,
+    seed_everything,
+    step_record,
+)
 
 logger = logging.getLogger("multikpi")
 
@@ -33,11 +41,13 @@ def train(config: RunConfig, out_dir: str | Path | None = None) -> Run:
     run_dir = Path(out_dir if out_dir is not None else config.out_dir)
     seed_everything(config.train.seed, config.train.threads)
     device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     train_data = splits["train"]
-    logger.info("data: %d train rows, %d vocabulary rows, %d dense inputs (%.1fs)", train_data.num_rows,
-                sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started)
+    logger.info("data: %d train rows, %d vocabulary rows, %d dense inputs (%.1fs); %s, %s", train_data.num_rows,
+                sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started, device,
+                "bf16 autocast" if precision is not None else "fp32")
 
     model = build_model(config, encoder).to(device)
     combiner = build_combiner(config, model.shared.last_shared_layer().weight).to(device)
@@ -55,7 +65,8 @@ def train(config: RunConfig, out_dir: str | Path | None = None) -> Run:
                    disable=not _show_progress(config))
         for batch in shuffled_batches(train_data, config.train.batch_size, generator):
             batch = batch.to(device)
-            outputs = model(batch)
+            with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+                outputs = model(batch)  # logits and output units are float32 whatever the precision
             losses = task_losses(outputs, batch.labels, kinds)
             if not losses:  # no task has a label in this batch: nothing to learn from
                 bar.update(batch.labels.shape[0])
@@ -80,12 +91,12 @@ def train(config: RunConfig, out_dir: str | Path | None = None) -> Run:
         seconds = time.perf_counter() - epoch_started
         summary = _epoch_summary(epoch, seconds, train_data.num_rows, epoch_losses)
         if "valid" in splits:
-            summary["valid"] = task_metrics(model_outputs(model, splits["valid"], config.train.eval_batch_size),
+            summary["valid"] = task_metrics(model_outputs(model, splits["valid"], config.train.eval_batch_size, precision),
                                             splits["valid"], encoder)
         epochs_log.append(summary)
         logger.info(_format_summary(summary))
 
-    metrics = {name: task_metrics(model_outputs(model, data, config.train.eval_batch_size), data, encoder)
+    metrics = {name: task_metrics(model_outputs(model, data, config.train.eval_batch_size, precision), data, encoder)
                for name, data in splits.items()}
     metrics["loss_weights"] = combiner.weights()
     metrics["timing"] = {"total_seconds": time.perf_counter() - started,
