@@ -62,3 +62,12 @@ def test_incomplete_run_is_refused(tiny_config):
     (run.run_dir / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="no manifest.json"):
         Predictor.load(run.run_dir)
+
+
+def test_predict_passes_through_configured_id_columns(tiny_config):
+    tiny_config["data"]["id_columns"] = ["request_id", "item_id"]
+    run = train(tiny_config)
+    preds = Predictor.load(run.run_dir).predict(tiny_config["data"]["test"])
+    assert preds.column_names == ["request_id", "item_id", "click", "dwell", "convert"]
+    table = pq.read_table(tiny_config["data"]["test"])
+    assert preds.column("item_id").equals(table.column("item_id"))

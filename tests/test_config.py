@@ -438,3 +438,18 @@ def test_shipped_configs_load(path):
 
 def test_there_are_shipped_configs():
     assert len(SHIPPED_CONFIGS) >= 2
+
+
+def test_override_reaches_a_head_group(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train": "t.parquet", "dense": ["x"]},
+                                    "tasks": {"click": {"kind": "binary", "label": "y"}}}))
+    config = load_config(path, ["optim.groups.heads.click.lr=0.003", "optim.groups.shared.lr=0.0001"])
+    assert config.optim.groups["heads.click"].lr == 0.003
+    assert config.optim.groups["shared"].lr == 0.0001
+
+
+def test_empty_shared_layers_are_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"`model.shared`: list should have at least 1 item"):
+        config_from_dict({"data": {"train": "t.parquet", "dense": ["x"]},
+                          "tasks": {"click": {"kind": "binary", "label": "y"}}, "model": {"shared": []}})

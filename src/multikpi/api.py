@@ -37,6 +37,6 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float
     return task_metrics(outputs, encoded, predictor.encoder)
 
 
-def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] = ()) -> pa.Table:
-    """Estimates of a finished run: `keep` columns, then one column per task."""
+def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | None = None) -> pa.Table:
+    """Estimates of a finished run: `keep` columns (default: `data.id_columns`), then one column per task."""
     return Predictor.load(run_dir).predict(data, keep)

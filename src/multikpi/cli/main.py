@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("data")
     p.add_argument("--out", required=True, help="output .parquet or .csv")
-    p.add_argument("--keep", default="", help="comma-separated id columns to pass through")
+    p.add_argument("--keep", default=None,
+                   help="comma-separated id columns to pass through (default: data.id_columns of the config)")
     p.set_defaults(run=commands.predict)
     return parser
 

@@ -60,7 +60,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             problems.append(f"override must look like key.path=value. Got {item!r}")
             continue
         node = out
-        parts = key.split(".")
+        parts = _key_parts(key)
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -75,6 +75,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     if problems:
         raise ConfigError(problems, source="overrides")
     return out
+
+
+def _key_parts(key: str) -> list[str]:
+    """Split `a.b.c` on dots, keeping the optimizer group names `heads.<task>` in one piece:
+    `optim.groups.heads.click.lr` -> optim, groups, heads.click, lr."""
+    parts = key.split(".")
+    if parts[:3] == ["optim", "groups", "heads"] and len(parts) > 3:
+        parts = parts[:2] + [f"heads.{parts[3]}"] + parts[4:]
+    return parts
 
 
 def _deep_copy(node: Any) -> Any:

@@ -38,7 +38,7 @@ class TaskSpec(Spec):
 class ModelSpec(Spec):
     arch: Literal["shared_bottom"] = "shared_bottom"
     embedding_dim: PositiveInt = 16
-    shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
+    shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128], min_length=1)
     tower: list[PositiveInt] = Field(default_factory=lambda: [64])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 

@@ -47,6 +47,14 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     return table
 
 
+def column_names(path: str | Path) -> list[str]:
+    """The column names of a Parquet or CSV file, without reading its rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    return _column_names(path, file_format(path))
+
+
 def _column_names(path: Path, fmt: str) -> list[str]:
     try:
         if fmt == "parquet":

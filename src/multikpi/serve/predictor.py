@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from multikpi.config.load import config_from_dict
 from multikpi.config.schema import RunConfig
 from multikpi.data.encoders import FeatureEncoder
+from multikpi.data.tabular import column_names as _column_names
 from multikpi.data.tabular import read_table
 from multikpi.errors import ArtifactError, DataError
 from multikpi.eval.evaluate import estimates, model_outputs
@@ -55,11 +56,14 @@ class Predictor:
     def feature_columns(self) -> list[str]:
         return self.encoder.categorical + self.encoder.dense
 
-    def predict(self, table: Any, keep: list[str] | tuple[str, ...] = ()) -> pa.Table:
+    def predict(self, table: Any, keep: list[str] | tuple[str, ...] | None = None) -> pa.Table:
         """table: a pyarrow Table, a pandas DataFrame, a dict of columns, or a Parquet/CSV path.
 
-        Returns a Table with the `keep` columns passed through, then one float64 column per task."""
-        table = self._as_table(table, list(keep))
+        Returns a Table with the `keep` columns passed through (default: those of
+        `data.id_columns` that the input has), then one float64 column per task."""
+        table = self._as_table(table, list(keep or []))
+        if keep is None:
+            keep = [c for c in self.config.data.id_columns if c in table.column_names]
         missing = [c for c in list(keep) + self.feature_columns() if c not in table.column_names]
         if missing:
             raise DataError(f"input has no column(s) {missing}; the model needs {self.feature_columns()}")
@@ -71,7 +75,9 @@ class Predictor:
 
     def _as_table(self, table: Any, keep: list[str]) -> pa.Table:
         if isinstance(table, (str, Path)):
-            return read_table(table, keep + self.feature_columns())
+            optional = [c for c in self.config.data.id_columns if c not in keep]
+            wanted = keep + self.feature_columns()
+            return read_table(table, wanted + [c for c in optional if c in _column_names(table)])
         if isinstance(table, pa.Table):
             return table
         if isinstance(table, dict):
