@@ -20,6 +20,7 @@ VARIANTS: dict[str, list[str]] = {
     "sum": ["loss.combine=sum"],
     "weighted (1, 1, 0.1)": ["loss.combine=weighted", "loss.weights={click: 1.0, convert: 1.0, dwell: 0.1}"],
     "uncertainty (kendall)": ["loss.combine=uncertainty"],
+    "uncertainty (kendall, loss lr 1e-2)": ["loss.combine=uncertainty", "optim.groups.loss.lr=0.01"],
     "uncertainty (plain)": ["loss.combine=uncertainty", "loss.uncertainty.form=plain"],
     "gradnorm (alpha 1.5)": ["loss.combine=gradnorm", "loss.gradnorm_alpha=1.5"],
     "dwa (T 2, window 20 steps)": ["loss.combine=dwa", "loss.dwa_temperature=2.0", "loss.dwa_window=20"],
@@ -28,11 +29,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def run_variant(name: str, overrides: list[str], config: str, out_root: Path) -> dict:
-    out_dir = out_root / name.split(" ")[0].replace("+", "plus")
-    if "fed" in name:
-        out_dir = out_root / "sum_dwell_from_click"
-    elif "plain" in name:
-        out_dir = out_root / "uncertainty_plain"
+    out_dir = out_root / "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
     cmd = [sys.executable, "-m", "multikpi.cli.main", "train", config, *overrides, "--out-dir", str(out_dir)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -1,0 +1,93 @@
+"""Train multikpi on the feed benchmark for one epoch in this process and report, as JSON, the
+same figures as the peers' runners (../shared/bench/run_deepctr.py): train examples/s, peak RSS,
+test metrics, batch predict rows/s; plus the load + encode time of the training file.
+
+    python benchmarks/run_multikpi.py --model sharedbottom --out benchmarks/results/x.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from multikpi.config import load_config
+from multikpi.data import FeatureEncoder, read_table
+from multikpi.eval import model_outputs
+from multikpi.train import train
+from multikpi.train.run import needed_columns, resolve_precision
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"sharedbottom": ["model.arch=shared_bottom"], "mmoe": ["model.arch=mmoe", "model.num_experts=4"]}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_load_encode(config) -> float:
+    """Seconds to read the training Parquet file and fit + encode it (the first thing train does)."""
+    started = time.perf_counter()
+    table = read_table(config.data.train, needed_columns(config))
+    FeatureEncoder.fit_encode(table, config)
+    return time.perf_counter() - started
+
+
+def time_predict(run, test_path: str, batch: int) -> tuple[float, float]:
+    """(model-only rows/s on encoded test rows at `batch`, end-to-end rows/s from the Parquet file)."""
+    predictor = run.predictor()
+    encoded = predictor.encoder.encode(read_table(test_path, needed_columns(run.config)), with_labels=False)
+    precision = resolve_precision(run.config.train.precision, torch.device("cpu"))
+    model_outputs(predictor.model, encoded, batch, precision)  # warm-up
+    started = time.perf_counter()
+    model_outputs(predictor.model, encoded, batch, precision)
+    model_rows = encoded.num_rows / (time.perf_counter() - started)
+    started = time.perf_counter()
+    predictor.predict(test_path, keep=[])
+    return model_rows, encoded.num_rows / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="sharedbottom")
+    parser.add_argument("--config", default=str(ROOT / "configs/feed_benchmark.yaml"))
+    parser.add_argument("--train", default=str(ROOT / "bench-data/train.parquet"))
+    parser.add_argument("--test", default=str(ROOT / "bench-data/test.parquet"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--predict-batch", type=int, default=4096)
+    parser.add_argument("--out")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    overrides = [f"data.train={args.train}", f"data.test={args.test}", "data.valid=null",
+                 f"train.threads={args.threads}", "train.progress=off", *MODELS[args.model], *args.overrides]
+    config = load_config(args.config, overrides)
+    torch.set_num_threads(args.threads)
+    load_s = time_load_encode(config)
+    started = time.perf_counter()
+    run = train(config, out_dir=ROOT / f"runs/bench_{args.model}")
+    train_wall = time.perf_counter() - started
+    model_rows, e2e_rows = time_predict(run, args.test, args.predict_batch)
+    test = run.metrics["test"]
+    result = {
+        "system": "multikpi", "model": args.model, "tasks": list(config.tasks), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "precision": config.train.precision, "load_encode_s": round(load_s, 3),
+        "train_ex_per_s": round(run.metrics["timing"]["train_examples_per_second"], 1),
+        "train_wall_s": round(train_wall, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "predict_batch": args.predict_batch, "predict_rows_per_s": round(model_rows, 1),
+        "predict_end_to_end_rows_per_s": round(e2e_rows, 1),
+        "auc_click": round(test["click"]["auc"], 4), "auc_convert": round(test["convert"]["auc"], 4),
+        "corr_dwell": round(test["dwell"]["pearson_log1p"], 4),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
