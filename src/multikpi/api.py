@@ -18,13 +18,15 @@ __all__ = ["evaluate", "load_config", "predict", "train"]
 
 
 def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
-          out_dir: str | Path | None = None) -> Run:
-    """Train from a RunConfig, a YAML path (with `key.path=value` overrides) or a plain dict."""
+          out_dir: str | Path | None = None, resume: bool = False) -> Run:
+    """Train from a RunConfig, a YAML path (with `key.path=value` overrides) or a plain dict.
+
+    `resume=True` continues the interrupted run in `out_dir` (default: the config's out_dir)."""
     if isinstance(config, (str, Path)):
         config = load_config(config, overrides)
     elif isinstance(config, dict):
         config = config_from_dict(config)
-    return _train_loop(config, out_dir)
+    return _train_loop(config, out_dir, resume)
 
 
 def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float]]:

@@ -13,7 +13,7 @@ from multikpi import api
 from multikpi.config.load import load_config
 from multikpi.data.synthetic import make_feed
 from multikpi.data.tabular import write_table
-from multikpi.errors import DataError
+from multikpi.errors import ConfigError, DataError
 from multikpi.serve.artifact import write_json
 
 DATASETS: dict[str, Callable[[int, int, int], pa.Table]] = {
@@ -38,7 +38,10 @@ def validate(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
-    run = api.train(config, out_dir=args.out_dir)
+    if args.resume and args.out_dir and Path(args.resume) != Path(args.out_dir):
+        raise ConfigError([f"--resume and --out-dir must name the same directory. Got {args.resume!r} "
+                           f"and {args.out_dir!r}"], source="train")
+    run = api.train(config, out_dir=args.resume or args.out_dir, resume=args.resume is not None)
     print(format_metrics({k: v for k, v in run.metrics.items() if k in ("train", "valid", "test")}))
     print(f"run written to {run.run_dir}")
 

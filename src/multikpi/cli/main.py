@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--out-dir", help="run directory (default: out_dir of the config)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this interrupted run from its last checkpoint")
     p.set_defaults(run=commands.train)
 
     p = sub.add_parser("evaluate", help="per-task metrics of a run on a labelled file")

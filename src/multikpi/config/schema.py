@@ -102,6 +102,18 @@ class TrainSpec(Spec):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="matmul precision; auto = bf16 autocast where the hardware has native bf16")
     progress: Literal["auto", "on", "off"] = "auto"
+    checkpoint_every: PositiveInt | None = Field(
+        500, description="steps between checkpoints (one is also written at each epoch end); null = none")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bitwise-repeatable runs")
+
+
+class DecideSpec(Spec):
+    """How `rank` (and the server) turns the per-task estimates into one score (docs/deciding.md)."""
+
+    score: str | None = Field(None, description="fusion formula over task names, e.g. 'click * convert^0.5'")
+    calibration: Literal["auto", "none", "isotonic", "platt"] = Field(
+        "auto", description="calibrator applied to binary probabilities; auto = platt when the run has them")
+    top_k: PositiveInt = Field(10, description="default cut-off of `rank` (rows flagged in_top_k)")
 
 
 class RunConfig(Spec):
@@ -111,4 +123,5 @@ class RunConfig(Spec):
     loss: LossSpec = Field(default_factory=LossSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    decide: DecideSpec = Field(default_factory=DecideSpec)
     out_dir: str = "runs/latest"

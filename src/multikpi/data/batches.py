@@ -30,10 +30,13 @@ def batch_at(data: EncodedData, index: torch.Tensor) -> Batch:
                  data.labels.index_select(0, index))
 
 
-def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    """One epoch in a random order drawn from `generator`; the last batch may be smaller."""
+def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator,
+                     skip: int = 0) -> Iterator[Batch]:
+    """One epoch in a random order drawn from `generator`; the last batch may be smaller.
+
+    `skip` leaves out the first batches of that order (resuming an epoch part-way)."""
     order = torch.randperm(data.num_rows, generator=generator)
-    for index in order.split(batch_size):
+    for index in order.split(batch_size)[skip:]:
         yield batch_at(data, index)
 
 

@@ -171,7 +171,7 @@ class DynamicWeightAverage(nn.Module):
         self.register_buffer("history", torch.full((2, len(tasks)), float("nan")))  # periods k-2, k-1
         self.register_buffer("running", torch.zeros(2, len(tasks)))  # loss sum, count this period
         self.register_buffer("current", torch.ones(len(tasks)))
-        self.steps_in_period = 0
+        self.register_buffer("steps_in_period", torch.zeros((), dtype=torch.int64))  # a buffer: checkpointed
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         for t, loss in losses.items():
@@ -180,7 +180,7 @@ class DynamicWeightAverage(nn.Module):
             self.running[1, i] += 1
         total = torch.stack([float(self.current[self.tasks.index(t)]) * loss for t, loss in losses.items()]).sum()
         self.steps_in_period += 1
-        if self.window is not None and self.steps_in_period >= self.window:
+        if self.window is not None and int(self.steps_in_period) >= self.window:
             self.end_period()
         return total
 
@@ -190,7 +190,7 @@ class DynamicWeightAverage(nn.Module):
         mean = torch.where(self.running[1] > 0, mean, self.history[1])
         self.history = torch.stack([self.history[1], mean])
         self.running.zero_()
-        self.steps_in_period = 0
+        self.steps_in_period.zero_()
         ratio = self.history[1] / self.history[0]
         if torch.isfinite(ratio).all():
             self.current = len(self.tasks) * torch.softmax(ratio / self.temperature, dim=0)

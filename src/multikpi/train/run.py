@@ -37,13 +37,15 @@ class Run:
         return Predictor(self.config, self.encoder, self.model)
 
 
-def seed_everything(seed: int, threads: int | None) -> None:
-    """Seed Python, NumPy and torch; set the torch thread count when given."""
+def seed_everything(seed: int, threads: int | None, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; set the torch thread count when given; optionally make torch
+    use deterministic algorithms only."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if threads is not None:
         torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +102,16 @@ def step_record(step: int, epoch: int, losses: dict[str, torch.Tensor], total: t
         "weights": combiner.weights(),
         "lr": optimizers.learning_rates(),
     }
+
+
+def start_run_dir(run_dir: Path, config: RunConfig) -> None:
+    """Create the run directory for a fresh run: clear what an earlier run left (its manifest marks
+    it complete, its checkpoint would be resumed) and write the resolved config, so that a crashed
+    run can be resumed with `--resume`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "checkpoint.pt"):
+        (run_dir / stale).unlink(missing_ok=True)
+    write_yaml(run_dir / "config.yaml", config.model_dump(mode="json"))
 
 
 def save_run(run_dir: Path, config: RunConfig, encoder: FeatureEncoder, model: nn.Module, combiner: nn.Module,
