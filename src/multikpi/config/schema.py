@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 
 class Spec(BaseModel):
@@ -105,6 +105,12 @@ class TrainSpec(Spec):
     checkpoint_every: PositiveInt | None = Field(
         500, description="steps between checkpoints (one is also written at each epoch end); null = none")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bitwise-repeatable runs")
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        """YAML reads a bare on/off as a boolean; accept it as the word the user wrote."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class DecideSpec(Spec):
