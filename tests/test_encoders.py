@@ -74,7 +74,7 @@ def test_nulls_map_to_zero_and_are_not_in_vocabulary():
     assert encoder.vocabs["user"].to_pylist() == [10, 20, 30]
     assert encoder.vocabs["item"].to_pylist() == ["a", "b", "c"]
     encoded = encoder.encode(train_table()).categorical
-    assert encoded.dtype == torch.int64
+    assert encoded.dtype == torch.int32
     assert encoded[:, 0].tolist() == [1, 2, 1, 0, 3, 2]
     assert encoded[:, 1].tolist() == [2, 1, 2, 3, 0, 2]
 

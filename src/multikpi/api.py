@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from multikpi.config.load import config_from_dict, load_config
 from multikpi.config.schema import RunConfig
-from multikpi.data.tabular import read_table
+from multikpi.data.tabular import open_columns
 from multikpi.eval.evaluate import model_outputs, task_metrics
 from multikpi.serve.predictor import Predictor
 from multikpi.train.loop import train as _train_loop
@@ -32,7 +32,7 @@ def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] 
 def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float]]:
     """Per-task metrics of a finished run on a labelled Parquet/CSV file: task -> metric -> value."""
     predictor = Predictor.load(run_dir)
-    table = read_table(data, needed_columns(predictor.config))
+    table = open_columns(data, needed_columns(predictor.config))
     encoded = predictor.encoder.encode(table)
     outputs = model_outputs(predictor.model, encoded, predictor.config.train.eval_batch_size,
                             predictor.precision)

