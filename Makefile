@@ -32,3 +32,14 @@ bench-data/test.parquet:
 	$(BIN)/python $(BENCH)/gen_feed.py --rows 200000 --split test --out bench-data/test.parquet
 
 bench-data: $(STAMP) bench-data/train.parquet bench-data/test.parquet
+
+# The peers live in their own venv so that their dependencies never touch the project's.
+BENCH_VENV := .bench-venv
+$(BENCH_VENV)/.installed:
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q torch==2.13.0
+	$(BENCH_VENV)/bin/pip install -q deepctr-torch==0.3.0 torch-rechub==0.9.0 pyarrow pandas scikit-learn
+	touch $(BENCH_VENV)/.installed
+
+bench: $(STAMP) $(BENCH_VENV)/.installed bench-data
+	$(BIN)/python benchmarks/feed_vs_peers.py --peer-python $(BENCH_VENV)/bin/python

@@ -1,0 +1,154 @@
+"""multikpi against DeepCTR-Torch and torch-rechub on the standard feed benchmark, in one run.
+
+    make bench        # creates .bench-venv with the peers, then runs this script
+
+Steps: generate the standard data if missing (1M train, 200k test rows, ../shared/bench/gen_feed.py);
+measure the fp32 matmul peak (matmul_peak.py); then, for each model and each repeat, run the peers
+and multikpi one after the other, each in its own process with the same thread count (peers in
+the benchmark venv, multikpi in the project venv). Every runner reports its own peak RSS
+(getrusage) and test metrics as JSON. Prints a Markdown table and writes benchmarks/results/
+feed_vs_peers.json and docs/benchmarks.md. Timings are noisy on shared machines: compare the
+ratios within this run, not with figures from other runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT.parent / "shared" / "bench"
+RESULTS = ROOT / "benchmarks" / "results"
+# Training FLOPs per example = 3 x forward (2 x in x out per linear layer), bench README convention.
+LAYERS = {
+    "sharedbottom": [(429, 256), (256, 128)] + 3 * [(128, 64), (64, 1)],
+    "mmoe": 4 * [(429, 256), (256, 128)] + 3 * [(429, 4), (128, 64), (64, 1)],
+}
+PEERS = {
+    "deepctr": lambda model: [str(BENCH / "run_deepctr.py"), "--model", model],
+    "rechub": lambda model: [str(BENCH / "run_rechub.py"), "--model", model],
+}
+
+
+def flops_per_example(model: str) -> float:
+    return 3 * 2 * sum(i * o for i, o in LAYERS[model])
+
+
+def ensure_data(python: str, data_dir: Path) -> tuple[Path, Path]:
+    files = {"train": (data_dir / "train.parquet", 1_000_000), "test": (data_dir / "test.parquet", 200_000)}
+    for split, (path, rows) in files.items():
+        if not path.exists():
+            subprocess.run([python, str(BENCH / "gen_feed.py"), "--rows", str(rows), "--split", split,
+                            "--out", str(path)], check=True)
+    return files["train"][0], files["test"][0]
+
+
+def run_json(cmd: list[str], out: Path) -> dict:
+    """Run one benchmark process; return the JSON it wrote to `out`."""
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd + ["--out", str(out)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def matmul_peak(python: str) -> float:
+    out = RESULTS / "matmul_peak.json"
+    subprocess.run([python, str(BENCH / "matmul_peak.py"), "--threads", "2", "--json", str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    square = json.loads(out.read_text())["square"]
+    return max(v["best_gflops"] for k, v in square.items() if k.startswith("t2_"))
+
+
+def run_all(args: argparse.Namespace, train: Path, test: Path) -> list[dict]:
+    rows = []
+    data = ["--train", str(train), "--test", str(test), "--threads", str(args.threads)]
+    for repeat in range(1, args.repeats + 1):
+        for model in args.models:
+            for peer in args.peers:
+                out = RESULTS / f"{peer}_{model}_r{repeat}.json"
+                rows.append({"system": peer, "model": model, "repeat": repeat,
+                             **run_json([args.peer_python, *PEERS[peer](model), *data], out)})
+            out = RESULTS / f"multikpi_{model}_r{repeat}.json"
+            cmd = [sys.executable, str(ROOT / "benchmarks/run_multikpi.py"), "--model", model, *data]
+            rows.append({"system": "multikpi", "model": model, "repeat": repeat, **run_json(cmd, out)})
+    return rows
+
+
+def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
+    """One line per (system, model): medians over repeats, ratios to the peers of the same model."""
+    table = []
+    for (system, model) in dict.fromkeys((r["system"], r["model"]) for r in rows):
+        mine = [r for r in rows if r["system"] == system and r["model"] == model]
+        line = {"system": system, "model": model, "repeats": len(mine),
+                "train_ex_per_s": [r["train_ex_per_s"] for r in mine],
+                "predict_rows_per_s": [r["predict_rows_per_s"] for r in mine],
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+                "load_encode_s": mine[0].get("load_encode_s", mine[0].get("preprocess_s")),
+                "auc_click": mine[0]["auc_click"], "auc_convert": mine[0]["auc_convert"],
+                "corr_dwell": mine[0].get("corr_dwell")}
+        speed = statistics.median(line["train_ex_per_s"])
+        line["flop_bound_pct"] = 100 * speed * flops_per_example(model) / (peak_gflops * 1e9)
+        for peer in ("deepctr", "rechub"):
+            theirs = [r for r in rows if r["system"] == peer and r["model"] == model]
+            if theirs:
+                line[f"train_ratio_{peer}"] = speed / statistics.median(r["train_ex_per_s"] for r in theirs)
+                line[f"predict_ratio_{peer}"] = (statistics.median(line["predict_rows_per_s"])
+                                                 / statistics.median(r["predict_rows_per_s"] for r in theirs))
+        table.append(line)
+    return table
+
+
+def markdown(table: list[dict], peak_gflops: float) -> str:
+    head = ("| system | model | train ex/s (runs) | × DeepCTR | × rechub | % fp32 FLOP bound | peak RSS MB "
+            "| load+encode s | predict rows/s | predict × DeepCTR | AUC click | AUC convert | dwell corr |")
+    lines = [head, "|" + "---|" * 13]
+    for t in table:
+        runs = " / ".join(f"{v:,.0f}" for v in t["train_ex_per_s"])
+        ratio = lambda key: f"{t[key]:.2f}" if key in t else "—"  # noqa: E731
+        lines.append(
+            f"| {t['system']} | {t['model']} | {runs} | {ratio('train_ratio_deepctr')} | {ratio('train_ratio_rechub')} "
+            f"| {t['flop_bound_pct']:.0f}% | {t['peak_rss_mb']:,.0f} | {t['load_encode_s']} "
+            f"| {statistics.median(t['predict_rows_per_s']):,.0f} | {ratio('predict_ratio_deepctr')} "
+            f"| {t['auc_click']:.4f} | {t['auc_convert']:.4f} | {t['corr_dwell']} |")
+    lines.append(f"\nfp32 matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s (2 threads).")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer-python", default=str(ROOT / ".bench-venv/bin/python"))
+    parser.add_argument("--peers", default="deepctr,rechub")
+    parser.add_argument("--models", default="sharedbottom")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-dir", default=str(ROOT / "bench-data"))
+    args = parser.parse_args()
+    args.peers = [p for p in args.peers.split(",") if p]
+    args.models = [m for m in args.models.split(",") if m]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train, test = ensure_data(sys.executable, Path(args.data_dir))
+    peak = matmul_peak(sys.executable)
+    rows = run_all(args, train, test)
+    table = summarize(rows, peak)
+    text = markdown(table, peak)
+    print(text)
+    (RESULTS / "feed_vs_peers.json").write_text(json.dumps({"peak_gflops": peak, "runs": rows, "table": table},
+                                                           indent=1))
+    doc = (ROOT / "docs/benchmarks.md")
+    doc.write_text("# Speed against the peers\n\nProduced by `make bench` (benchmarks/feed_vs_peers.py) in one run "
+                   f"of {time.perf_counter() - started:.0f} s: the standard feed benchmark (1M train, 200k test "
+                   "rows), 1 epoch, batch 4096, 2 threads, every system in its own process, alternating "
+                   "peer / multikpi per repeat. Ratios use medians over the repeats of this run.\n\n"
+                   "multikpi uses its defaults (bf16 autocast on CPUs with native bf16, fp32 weights); the "
+                   "FLOP bound is the fp32 one. `predict rows/s` is the model's batch prediction over the "
+                   "encoded 200k test rows at batch 4096 (DeepCTR: `predict()`); load+encode is reading and "
+                   "encoding the 1M-row training file (peers: the shared preprocessing of train and test).\n\n"
+                   + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
