@@ -268,3 +268,15 @@ def test_estimates_are_probabilities_and_label_units():
                                rtol=1e-12)
     score = encoder.labels["score"]
     np.testing.assert_allclose(out["score"], outputs["score"].astype(np.float64) * score.std + score.mean, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_auc_matches_sklearn_with_many_ties(seed):
+    from sklearn.metrics import roc_auc_score
+
+    from multikpi.eval.metrics import roc_auc
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(5000) < 0.1).astype(np.float64)
+    scores = np.round(rng.random(5000) + 0.3 * labels, 1)  # only ~14 distinct values: heavy ties
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
