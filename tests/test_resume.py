@@ -125,3 +125,14 @@ def test_absurd_batch_size_is_refused_before_allocating(tiny_config):
     tiny_config["train"]["batch_size"] = 4000
     with pytest.raises(TrainingError, match=r"`train.batch_size` 4000 needs about [\d.]+ GiB for one step"):
         train(tiny_config)
+
+
+def test_same_seed_data_and_threads_give_identical_metrics(tiny_config, tmp_path):
+    from multikpi import train
+
+    tiny_config["model"]["dropout"] = 0.2
+    first = train(tiny_config, out_dir=tmp_path / "a").metrics
+    second = train(tiny_config, out_dir=tmp_path / "b").metrics
+    assert first["test"] == second["test"] and first["valid"] == second["valid"]
+    tiny_config["train"]["seed"] = 1
+    assert train(tiny_config, out_dir=tmp_path / "c").metrics["test"] != first["test"]
