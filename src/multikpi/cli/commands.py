@@ -10,15 +10,22 @@ from pathlib import Path
 import pyarrow as pa
 
 from multikpi import api
-from multikpi.config.load import load_config
+from multikpi.config.load import load_config, load_raw_config
 from multikpi.data.synthetic import make_feed
+from multikpi.data.synthetic_mmoe import make_mmoe_synthetic
 from multikpi.data.tabular import write_table
 from multikpi.errors import ConfigError, DataError
 from multikpi.serve.artifact import write_json
+from multikpi.train.compare import compare as run_compare
+from multikpi.train.compare import parse_archs, render_markdown
 
-DATASETS: dict[str, Callable[[int, int, int], pa.Table]] = {
-    "feed": lambda rows, seed, world_seed: make_feed(rows, seed=seed, world_seed=world_seed),
+# (rows, seed, world_seed, correlation) -> table; `correlation` (--correlation) is None unless given.
+DATASETS: dict[str, Callable[[int, int, int, float | None], pa.Table]] = {
+    "feed": lambda rows, seed, world_seed, correlation: make_feed(rows, seed=seed, world_seed=world_seed),
+    "mmoe-synthetic": lambda rows, seed, world_seed, correlation: make_mmoe_synthetic(
+        rows, correlation, seed=seed, world_seed=world_seed),
 }
+CORRELATED_DATASETS = ("mmoe-synthetic",)
 
 
 def make_data(args: argparse.Namespace) -> None:
@@ -26,9 +33,22 @@ def make_data(args: argparse.Namespace) -> None:
         raise DataError(f"--rows must be a positive integer. Got {args.rows}")
     if args.seed < 0 or args.world_seed < 0:
         raise DataError(f"--seed and --world-seed must be >= 0. Got {args.seed} and {args.world_seed}")
-    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed)
+    _check_correlation(args.kind, args.correlation)
+    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed, args.correlation)
     write_table(table, args.out)
     print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {args.out}")
+
+
+def _check_correlation(kind: str, correlation: float | None) -> None:
+    if kind not in CORRELATED_DATASETS:
+        if correlation is not None:
+            raise DataError(f"--correlation is only used by {', '.join(CORRELATED_DATASETS)}. Got kind {kind!r}")
+        return
+    if correlation is None:
+        raise DataError(f"--correlation is required for {kind}: the cosine p between the two tasks' weight "
+                        f"vectors, in [-1, 1]")
+    if not -1.0 <= correlation <= 1.0:  # also rejects nan
+        raise DataError(f"--correlation must be in [-1, 1]. Got {correlation}")
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -60,7 +80,17 @@ def predict(args: argparse.Namespace) -> None:
     print(f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}")
 
 
-BINARY_COLUMNS = ("auc", "logloss", "calibration", "pos_rate", "count")
+def compare(args: argparse.Namespace) -> None:
+    archs = parse_archs(args.archs)
+    if args.seeds < 1:
+        raise ConfigError([f"`--seeds` must be a positive integer. Got {args.seeds}"], source="compare")
+    raw = load_raw_config(args.config, args.overrides)  # each arch's config is derived from it, then validated
+    result = run_compare(raw, archs, args.seeds, Path(args.out))
+    print(render_markdown(result), end="")
+    print(f"table written to {Path(args.out) / 'compare.md'} and compare.json")
+
+
+BINARY_COLUMNS = ("auc", "logloss", "calibration", "pos_rate", "count", "cvr_auc_on_clicked")
 REGRESSION_COLUMNS = ("rmse", "mae", "pearson", "pearson_log1p", "rmse_log1p", "count")
 
 

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from multikpi.cli import commands
+from multikpi.cli import commands, decide_commands
 from multikpi.errors import MultiKPIError
 
 
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .parquet or .csv")
     p.add_argument("--seed", type=int, default=0, help="row seed (files with different seeds share one world)")
     p.add_argument("--world-seed", type=int, default=2024)
+    p.add_argument("--correlation", type=float, default=None,
+                   help="mmoe-synthetic: cosine p between the two tasks' weight vectors, in [-1, 1]")
     p.set_defaults(run=commands.make_data)
 
     p = sub.add_parser("validate", help="check a config and report every problem")
@@ -49,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", default=None,
                    help="comma-separated id columns to pass through (default: data.id_columns of the config)")
     p.set_defaults(run=commands.predict)
+
+    p = sub.add_parser("compare", help="train one config under several architectures and seeds; per-task table "
+                                       "with the MTL gain over single_task")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--archs", required=True, help="comma-separated, e.g. single_task,shared_bottom,mmoe,ple")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arch: train.seed, train.seed + 1, ... (default 3)")
+    p.add_argument("--out", default="runs/compare", help="directory of the runs and of compare.md/json")
+    p.set_defaults(run=commands.compare)
+
+    decide_commands.add_parsers(sub)  # rank, tune-decision
     return parser
 
 

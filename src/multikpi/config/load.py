@@ -20,6 +20,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML config, apply `key.path=value` overrides, parse and validate it.
 
     Raises ConfigError listing every problem found."""
+    return config_from_dict(load_raw_config(path, overrides), source=str(path))
+
+
+def load_raw_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping with the overrides applied, not yet parsed (`multikpi compare` derives one
+    config per architecture from it). Raises ConfigError for a missing file or invalid YAML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"file not found: {str(path)!r}"], source="config")
@@ -30,7 +36,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError([f"is not valid YAML: {reason}"], source=str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"must be a mapping of sections. Got {type(raw).__name__}"], source=str(path))
-    return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+    return apply_overrides(raw, overrides)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:

@@ -35,12 +35,27 @@ class TaskSpec(Spec):
     train_on: str | None = Field(None, description="binary task whose label must be 1 for this task to count")
 
 
+class EsmmSpec(Spec):
+    """ESMM (Ma et al., SIGIR 2018): `ctcvr` is trained as pCTR · pCVR on every row."""
+
+    ctr: str = Field(description="binary task of the click label (pCTR)")
+    ctcvr: str = Field(description="binary task of the conversion label over all rows; its tower is the CVR tower")
+
+
 class ModelSpec(Spec):
-    arch: Literal["shared_bottom"] = "shared_bottom"
+    arch: Literal["shared_bottom", "mmoe", "ple", "esmm", "single_task"] = "shared_bottom"
     embedding_dim: PositiveInt = 16
-    shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128], min_length=1)
+    shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128], min_length=1,
+                                      description="shared MLP widths; for mmoe/ple the widths of every expert; "
+                                                  "for single_task/esmm the widths of each task's own MLP")
     tower: list[PositiveInt] = Field(default_factory=lambda: [64])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    num_experts: PositiveInt = Field(4, description="mmoe: experts; ple: shared experts per level")
+    num_specific_experts: PositiveInt = Field(1, description="ple: task-specific experts per task and level")
+    num_levels: PositiveInt = Field(1, description="ple: extraction levels (1 = a single CGC layer)")
+    gate_hidden: list[PositiveInt] = Field(default_factory=list,
+                                           description="mmoe/ple: hidden widths of each gate; [] = softmax(W x)")
+    esmm: EsmmSpec | None = None
 
 
 class UncertaintySpec(Spec):
@@ -97,7 +112,7 @@ class TrainSpec(Spec):
     seed: int = 0
     threads: PositiveInt | None = None
     log_every: PositiveInt = 50
-    eval_batch_size: PositiveInt = 16384
+    eval_batch_size: PositiveInt = 4096
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="matmul precision; auto = bf16 autocast where the hardware has native bf16")

@@ -5,11 +5,27 @@ from __future__ import annotations
 import re
 
 from multikpi.config.schema import RunConfig
+from multikpi.decide.formula import FormulaError, parse_formula
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Subnets that each architecture owns besides `embeddings`, `heads.<task>` and `loss`.
+# mmoe/ple: parameters `shared.experts.*` and `shared.gates.*`. single_task/esmm have no shared
+# subnet: each task's own MLP (`shared.nets.<task>.*`) joins the task's group `heads.<task>`.
 ARCH_SUBNETS: dict[str, tuple[str, ...]] = {
     "shared_bottom": ("shared",),
+    "mmoe": ("experts", "gates"),
+    "ple": ("experts", "gates"),
+    "esmm": (),
+    "single_task": (),
+}
+PER_TASK_NETS: tuple[str, ...] = ("esmm", "single_task")
+# `model` keys that only some architectures read; any other architecture rejects a non-default value.
+ARCH_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "num_experts": ("mmoe", "ple"),
+    "gate_hidden": ("mmoe", "ple"),
+    "num_specific_experts": ("ple",),
+    "num_levels": ("ple",),
+    "esmm": ("esmm",),
 }
 
 
@@ -19,12 +35,15 @@ def validate_config(config: RunConfig) -> list[str]:
         _check_tasks(config)
         + _check_columns(config)
         + _check_loss(config)
+        + _check_model(config)
         + _check_optim(config)
+        + _check_decide(config)
     )
 
 
 def task_order(config: RunConfig) -> list[str]:
-    """Tasks in topological order of `inputs_from` (upstream first). Assumes no cycle."""
+    """Tasks in topological order of `inputs_from` (upstream first; ESMM's CTR task before its
+    CTCVR task). Assumes no cycle."""
     order: list[str] = []
     done: set[str] = set()
 
@@ -32,7 +51,7 @@ def task_order(config: RunConfig) -> list[str]:
         if name in done:
             return
         done.add(name)
-        for upstream in config.tasks[name].inputs_from:
+        for upstream in upstream_tasks(config, name):
             visit(upstream)
         order.append(name)
 
@@ -41,15 +60,25 @@ def task_order(config: RunConfig) -> list[str]:
     return order
 
 
+def upstream_tasks(config: RunConfig, name: str) -> list[str]:
+    """The tasks whose output `name` reads: its `inputs_from`, and for ESMM's CTCVR task the CTR task."""
+    upstream = list(config.tasks[name].inputs_from)
+    esmm = config.model.esmm
+    if config.model.arch == "esmm" and esmm is not None and name == esmm.ctcvr and esmm.ctr not in upstream:
+        upstream.append(esmm.ctr)
+    return upstream
+
+
 def find_cycle(config: RunConfig) -> list[str] | None:
-    """A cycle of `inputs_from` edges, as task names from and back to the same task, or None."""
+    """A cycle of `inputs_from` edges (and ESMM's CTR -> CTCVR edge), as task names from and back
+    to the same task, or None."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
     path: list[str] = []
 
     def visit(name: str) -> list[str] | None:
         state[name] = 1
         path.append(name)
-        for upstream in config.tasks[name].inputs_from:
+        for upstream in upstream_tasks(config, name):
             if upstream not in config.tasks:
                 continue
             if state.get(upstream) == 1:
@@ -130,6 +159,41 @@ def _check_loss(config: RunConfig) -> list[str]:
     return problems
 
 
+def _check_model(config: RunConfig) -> list[str]:
+    model, problems = config.model, []
+    for key, archs in ARCH_MODEL_KEYS.items():
+        default = type(model).model_fields[key].get_default(call_default_factory=True)
+        if model.arch not in archs and getattr(model, key) != default:
+            problems.append(f"`model.{key}` is only used with `model.arch` {' or '.join(archs)}. "
+                            f"Got arch {model.arch!r}")
+    if model.arch == "single_task" and config.loss.combine == "gradnorm":
+        problems.append("`loss.combine` must not be gradnorm with `model.arch: single_task`: GradNorm balances "
+                        "gradient norms on a layer every task shares, and single_task shares none. Got 'gradnorm'")
+    if model.arch == "esmm":
+        problems += _check_esmm(config)
+    return problems
+
+
+def _check_esmm(config: RunConfig) -> list[str]:
+    esmm = config.model.esmm
+    binary = sorted(t for t, spec in config.tasks.items() if spec.kind == "binary")
+    if esmm is None:
+        return [f"`model.esmm` is required with `model.arch: esmm`: give {{ctr: <task>, ctcvr: <task>}} "
+                f"naming two binary tasks among {binary}. Got none"]
+    problems = []
+    for key in ("ctr", "ctcvr"):
+        name = getattr(esmm, key)
+        if name not in binary:
+            problems.append(f"`model.esmm.{key}` must name a binary task among {binary}. Got {name!r}")
+    if esmm.ctr == esmm.ctcvr:
+        problems.append(f"`model.esmm.ctcvr` must be another task than `model.esmm.ctr`. Got {esmm.ctcvr!r} twice")
+    task = config.tasks.get(esmm.ctcvr)
+    if task is not None and task.train_on is not None:
+        problems.append(f"`tasks.{esmm.ctcvr}.train_on` must be unset with `model.arch: esmm`, which trains "
+                        f"{esmm.ctcvr!r} as pCTR * pCVR on every row. Got {task.train_on!r}")
+    return problems
+
+
 def subnet_names(config: RunConfig) -> list[str]:
     """The optimizer groups this config's model has: shared subnets, `embeddings`, heads, `loss`."""
     names = ["embeddings"] + list(ARCH_SUBNETS[config.model.arch])
@@ -146,4 +210,24 @@ def _check_optim(config: RunConfig) -> list[str]:
     if loss_group is not None and loss_group.weight_decay not in (None, 0.0):
         problems.append(f"`optim.groups.loss.weight_decay` must be 0: the loss weights are not decayed. "
                         f"Got {loss_group.weight_decay}")
+    return problems
+
+
+def _check_decide(config: RunConfig) -> list[str]:
+    decide, tasks = config.decide, list(config.tasks)
+    problems = []
+    if decide.score is not None:
+        try:
+            formula = parse_formula(decide.score, tasks, kind="tasks")
+        except FormulaError as err:
+            problems.append(f"`decide.score`: {err.detail}")
+        else:
+            if not formula.names:
+                problems.append(f"`decide.score` must use at least one of the tasks {tasks}. Got {decide.score!r}")
+    if decide.calibration in ("isotonic", "platt"):
+        if config.data.valid is None:
+            problems.append(f"`decide.calibration: {decide.calibration}` needs `data.valid`: the calibrators are "
+                            f"fitted on the valid split")
+        if not any(t.kind == "binary" for t in config.tasks.values()):
+            problems.append(f"`decide.calibration: {decide.calibration}` needs a binary task; use none")
     return problems

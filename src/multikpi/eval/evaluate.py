@@ -6,6 +6,7 @@ import torch
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.eval.metrics import binary_metrics, regression_metrics
+from multikpi.models.esmm import parse_cvr_output_key
 
 
 def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
@@ -32,10 +33,11 @@ def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
 
 
 def estimates(outputs: dict[str, np.ndarray], encoder: FeatureEncoder) -> dict[str, np.ndarray]:
-    """Raw outputs -> what a user reads: probabilities (binary) and values in label units (regression)."""
+    """Raw outputs -> what a user reads: probabilities (binary) and values in label units (regression).
+    A side output that is not a task (ESMM's pCVR logit, "<ctcvr>.given_<ctr>") becomes a probability."""
     out = {}
     for task, values in outputs.items():
-        if encoder.labels[task].kind == "binary":
+        if task not in encoder.labels or encoder.labels[task].kind == "binary":
             out[task] = 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
         else:
             out[task] = encoder.to_original_units(task, values.astype(np.float64))
@@ -65,7 +67,25 @@ def task_metrics(outputs: dict[str, np.ndarray], data: EncodedData,
             metrics.update(regression_metrics(transformed_label, transformed_pred, f"_{stats.transform}"))
         metrics["count"] = int(labelled.sum())
         table[task] = metrics
+    _add_cvr_on_clicked(table, outputs, data)
     return table
+
+
+def _add_cvr_on_clicked(table: dict, outputs: dict[str, np.ndarray], data: EncodedData) -> None:
+    """ESMM: `cvr_auc_on_clicked` (and `cvr_logloss_on_clicked`) of the CVR tower's pCVR against the
+    CTCVR label, on the rows whose CTR label is 1, added to the CTCVR task's metrics."""
+    labels = data.labels.numpy()
+    for key, values in outputs.items():
+        pair = parse_cvr_output_key(key)
+        if pair is None or pair[1] not in table:
+            continue
+        ctr, ctcvr = pair
+        target = labels[:, data.tasks.index(ctcvr)]
+        clicked = (labels[:, data.tasks.index(ctr)] == 1) & ~np.isnan(target)
+        if clicked.any():
+            metrics = binary_metrics(target[clicked], 1.0 / (1.0 + np.exp(-values[clicked].astype(np.float64))))
+            table[ctcvr]["cvr_auc_on_clicked"] = metrics["auc"]
+            table[ctcvr]["cvr_logloss_on_clicked"] = metrics["logloss"]
 
 
 def _inverse(transformed: np.ndarray, transform: str) -> np.ndarray:

@@ -31,7 +31,7 @@ class FeatureEmbedding(nn.Module):
     One table instead of F small ones: one gather in the forward pass, one scatter in the
     backward pass and one parameter for the optimizer, which is what makes a CPU epoch fast.
 
-    forward: categorical (B, F) int64 vocabulary indices -> (B, F * dim) float32.
+    forward: categorical (B, F) int32 or int64 vocabulary indices -> (B, F * dim) float32.
     """
 
     def __init__(self, vocab_sizes: list[int], dim: int, init_std: float = 0.01):

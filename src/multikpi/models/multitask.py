@@ -30,7 +30,9 @@ class MultiTaskModel(nn.Module):
         self.graph = graph
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Batch (categorical (B, F), dense (B, D)) -> dict task -> (B,) logit or standardized value."""
+        """Batch (categorical (B, F), dense (B, D)) -> dict task -> (B,) logit or standardized value.
+
+        With `model.arch: esmm` there is one more key, the CVR tower's logit (see models/esmm.py)."""
         return self.forward_features(batch.categorical, batch.dense)
 
     def forward_features(self, categorical: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -42,5 +44,5 @@ class MultiTaskModel(nn.Module):
             upstream = self.graph.upstream_features(task, outputs)
             if upstream is not None:
                 features = torch.cat([features, upstream], dim=1)
-            outputs[task] = self.heads[task](features)
+            outputs.update(self.graph.task_outputs(task, self.heads[task](features), outputs))
         return outputs

@@ -6,12 +6,13 @@ label, and task B must not bend A's estimate to suit B.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from multikpi.config.schema import RunConfig
 from multikpi.config.validate import task_order
+from multikpi.models.esmm import ctcvr_logit, cvr_output_key
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,15 @@ class Edge:
 
 @dataclass(frozen=True)
 class TaskGraph:
-    """Tasks in topological order, each with the edges that feed its tower."""
+    """Tasks in topological order, each with the edges that feed its tower.
+
+    `entire_space` maps ESMM's CTCVR task to its CTR task (`model.arch: esmm`): that task's output
+    is logit(pCTR · pCVR) and its tower's own logit (pCVR) a side output (see models/esmm.py). The
+    order puts the CTR task first."""
 
     order: tuple[str, ...]
     edges: dict[str, tuple[Edge, ...]]
+    entire_space: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "TaskGraph":
@@ -36,7 +42,17 @@ class TaskGraph:
                 Edge(up, task.stop_gradient, config.tasks[up].kind == "binary" and task.upstream_as == "prob")
                 for up in task.inputs_from
             )
-        return cls(order=tuple(task_order(config)), edges=edges)
+        esmm = config.model.esmm if config.model.arch == "esmm" else None
+        entire_space = {esmm.ctcvr: esmm.ctr} if esmm is not None else {}
+        return cls(order=tuple(task_order(config)), edges=edges, entire_space=entire_space)
+
+    def task_outputs(self, task: str, logit: torch.Tensor, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outputs that `task`'s tower logit (B,) gives: {task: logit}, or for ESMM's CTCVR task
+        {task: logit(σ(ctr)·σ(logit)), "<task>.given_<ctr>": logit}. `outputs` holds the CTR output."""
+        ctr = self.entire_space.get(task)
+        if ctr is None:
+            return {task: logit}
+        return {task: ctcvr_logit(outputs[ctr], logit), cvr_output_key(ctr, task): logit}
 
     def num_inputs(self, task: str) -> int:
         return len(self.edges[task])

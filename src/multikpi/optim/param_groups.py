@@ -2,8 +2,10 @@
 each head. The best rate for one task can kill ReLUs or crawl on another, so every subnet is a
 named group with its own optimizer settings.
 
-Group names: `embeddings`, the architecture's shared subnets (`shared` for shared_bottom),
-`heads.<task>` per task, and `loss` (the combiner's learned weights). Groups left out of
+Group names: `embeddings`, the architecture's shared subnets (`shared` for shared_bottom,
+`experts` and `gates` for mmoe and ple, none for single_task and esmm), `heads.<task>` per task
+(for single_task and esmm also the task's own MLP `shared.nets.<task>`, so that one group holds
+all of a task's layers above the embeddings), and `loss` (the combiner's learned weights). Groups left out of
 `optim.groups` take `optim.default`; `embeddings` first falls back to the `shared` settings.
 Every parameter must belong to exactly one group.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from multikpi.config.schema import GroupOptimizerSpec, OptimizerSpec, RunConfig
-from multikpi.config.validate import ARCH_SUBNETS, subnet_names
+from multikpi.config.validate import ARCH_SUBNETS, PER_TASK_NETS, subnet_names
 from multikpi.errors import ConfigError
 
 
@@ -33,6 +35,8 @@ def group_prefixes(config: RunConfig) -> dict[str, str]:
         prefixes[f"shared.{subnet}." if subnet != "shared" else "shared."] = subnet
     for task in config.tasks:
         prefixes[f"heads.{task}."] = f"heads.{task}"
+        if config.model.arch in PER_TASK_NETS:
+            prefixes[f"shared.nets.{task}."] = f"heads.{task}"
     return prefixes
 
 

@@ -7,6 +7,7 @@
     metrics.json        split -> task -> metric -> value (+ loss_weights)
     history.jsonl       one line per training step: raw per-task losses, effective weights, lrs
     train_log.jsonl     one line per epoch
+    calibration.json    with data.valid: isotonic thresholds and Platt a, b per binary task
     manifest.json       package version and the sha256 of every file above; written last
 
 Every file is written to a temporary name and renamed into place; the manifest is written last,

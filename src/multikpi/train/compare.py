@@ -2,10 +2,11 @@
 per-task test metrics with the multi-task gain over single-task training.
 
 Each (arch, seed) is an ordinary training run in `<out>/<arch>_seed<seed>`, of the same config with
-`model.arch` and `train.seed` replaced. Model keys the arch does not read (`num_experts` for
-shared_bottom, `esmm` for mmoe, ...) are reset to their defaults, and `optim.groups` entries for
-subnets the arch does not have (`shared` for mmoe, `experts` for shared_bottom) are dropped; both are
-logged. Every arch's config is validated before the first run starts.
+`model.arch` and `train.seed` replaced. The base mapping may hold the keys of several archs: model
+keys an arch does not read (`num_experts` for shared_bottom, `esmm` for mmoe, ...) are reset to
+their defaults for that arch, and `optim.groups` entries for subnets it does not have (`shared` for
+mmoe, `experts` for shared_bottom) are dropped; both are logged. So one file can set `num_experts`
+and `esmm` and compare mmoe with esmm. Every arch's config is validated before the first run starts.
 
 Main metric per task, higher is better: AUC for binary tasks, Pearson correlation for regression
 tasks, on the transformed scale when the task has a `transform` (`pearson_log1p`).
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from multikpi.config.load import config_from_dict
+from multikpi.config.load import apply_overrides, config_from_dict
 from multikpi.config.schema import ModelSpec, RunConfig
-from multikpi.config.validate import ARCH_MODEL_KEYS, ARCH_SUBNETS, subnet_names
+from multikpi.config.validate import ARCH_MODEL_KEYS, ARCH_SUBNETS
 from multikpi.errors import ConfigError
 from multikpi.serve.artifact import write_atomic, write_json
 from multikpi.train.loop import train
@@ -49,38 +50,50 @@ def parse_archs(text: str) -> list[str]:
     return archs
 
 
-def arch_config(config: RunConfig, arch: str, seed: int) -> RunConfig:
-    """`config` with `model.arch` = arch and `train.seed` = seed, keys the arch does not read reset."""
-    raw = config.model_dump(mode="json")
-    dropped_keys = [k for k, archs in ARCH_MODEL_KEYS.items()
-                    if arch not in archs and raw["model"][k] != ModelSpec.model_fields[k].get_default(
-                        call_default_factory=True)]
-    for key in dropped_keys:
-        del raw["model"][key]
-    raw["model"]["arch"] = arch
-    provisional = config.model_copy(update={"model": config.model.model_copy(update={"arch": arch})})
-    allowed = subnet_names(provisional)
-    dropped_groups = [g for g in raw["optim"]["groups"] if g not in allowed]
-    for group in dropped_groups:
-        del raw["optim"]["groups"][group]
-    if seed == config.train.seed and (dropped_keys or dropped_groups):
-        logger.info("compare %s: reset model keys %s, dropped optim groups %s", arch, dropped_keys, dropped_groups)
-    raw["train"]["seed"] = seed
+def arch_config(raw: dict | RunConfig, arch: str, seed: int, log: bool = False) -> RunConfig:
+    """The config mapping (or a RunConfig) with `model.arch` = arch and `train.seed` = seed, the
+    model keys the arch does not read reset and the optimizer groups it does not have dropped."""
+    raw = raw.model_dump(mode="json") if isinstance(raw, RunConfig) else apply_overrides(raw, ())  # a copy
+    model = raw.setdefault("model", {}) if isinstance(raw.get("model", {}), dict) else {}
+    reset = [k for k, archs in ARCH_MODEL_KEYS.items() if arch not in archs and k in model]
+    changed = [k for k in reset if model[k] != ModelSpec.model_fields[k].get_default(call_default_factory=True)]
+    for key in reset:
+        del model[key]
+    model["arch"] = arch
+    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), dict) else {}
+    allowed = {"embeddings", "loss", *ARCH_SUBNETS[arch], *(f"heads.{t}" for t in tasks)}  # = subnet_names
+    optim = raw.get("optim")
+    groups = optim.get("groups") if isinstance(optim, dict) else None
+    dropped = [g for g in groups if g not in allowed] if isinstance(groups, dict) else []
+    for group in dropped:
+        del groups[group]
+    if log and (changed or dropped):
+        logger.info("compare %s: reset model keys %s, dropped optim groups %s", arch, changed, dropped)
+    raw.setdefault("train", {})["seed"] = seed
     return config_from_dict(raw, source=f"compare {arch}")
 
 
-def compare(config: RunConfig, archs: list[str], seeds: int, out_dir: str | Path) -> dict:
-    """Train every (arch, seed), write `compare.md` and `compare.json` to `out_dir`; return the JSON."""
-    out_dir = Path(out_dir)
-    seed_values = [config.train.seed + k for k in range(seeds)]
-    configs, problems = {}, []
+def arch_configs(raw: dict | RunConfig, archs: list[str], seeds: list[int]) -> dict[str, list[RunConfig]]:
+    """arch -> one validated config per seed. A ConfigError lists every problem of every arch,
+    each problem once with the archs it concerns."""
+    configs, problems = {}, {}
     for arch in archs:
         try:
-            configs[arch] = [arch_config(config, arch, seed) for seed in seed_values]
+            configs[arch] = [arch_config(raw, arch, seed, log=k == 0) for k, seed in enumerate(seeds)]
         except ConfigError as err:
-            problems += [f"{arch}: {p}" for p in err.problems]
+            for problem in err.problems:
+                problems.setdefault(problem, []).append(arch)
     if problems:
-        raise ConfigError(problems, source="compare")
+        raise ConfigError([f"{', '.join(a)}: {p}" for p, a in problems.items()], source="compare")
+    return configs
+
+
+def compare(raw: dict | RunConfig, archs: list[str], seeds: int, out_dir: str | Path) -> dict:
+    """Train every (arch, seed) of the config mapping `raw` (or a RunConfig), write `compare.md`
+    and `compare.json` to `out_dir`; return the JSON. Seeds: train.seed, train.seed + 1, ..."""
+    out_dir = Path(out_dir)
+    seed_values = [_base_seed(raw) + k for k in range(seeds)]
+    configs = arch_configs(raw, archs, seed_values)
     runs: dict[str, list[dict]] = {}
     for arch in archs:
         for arch_seed_config in configs[arch]:
@@ -88,11 +101,19 @@ def compare(config: RunConfig, archs: list[str], seeds: int, out_dir: str | Path
             logger.info("compare: training %s, seed %d", arch, seed)
             run = train(arch_seed_config, out_dir / f"{arch}_seed{seed}")
             runs.setdefault(arch, []).append(run.metrics)
-    result = summarize(config, runs, seed_values)
+    result = summarize(configs[archs[0]][0], runs, seed_values)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", result)
     write_atomic(out_dir / "compare.md", render_markdown(result).encode())
     return result
+
+
+def _base_seed(raw: dict | RunConfig) -> int:
+    if isinstance(raw, RunConfig):
+        return raw.train.seed
+    train = raw.get("train")
+    seed = train.get("seed", 0) if isinstance(train, dict) else 0
+    return seed if isinstance(seed, int) else 0
 
 
 def main_metric(config: RunConfig, task: str) -> str:

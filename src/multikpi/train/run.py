@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -96,6 +97,9 @@ def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedDat
         for name, data in splits.items():
             check_entire_space_labels(data.labels.numpy(), list(data.tasks), config.model.esmm.ctr,
                                       config.model.esmm.ctcvr, name)
+    # The raw columns are gone; hand the Arrow allocator's cached pages back to the OS (about 150 MB
+    # of resident memory on the 1M-row benchmark) before the model and optimizer state arrive.
+    pa.default_memory_pool().release_unused()
     return encoder, splits
 
 

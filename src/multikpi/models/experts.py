@@ -1,0 +1,187 @@
+"""Mixture-of-experts sharing: MMoE (Ma et al., KDD 2018) and PLE (Tang et al., RecSys 2020).
+
+Both map the input (B, in_dim) to one representation per task, dict[task, (B, H)], like
+SharedBottom, so that towers, task edges and label masks work unchanged on top of them.
+
+Experts of one group (MMoE's experts, or one PLE level's shared or task-specific experts) are
+stored batched: each layer is one (E, in, out) weight and runs as one batched matmul instead of
+E small ones. This also makes "the last layer of the experts" a single parameter, which is what
+GradNorm measures gradient norms on (`last_shared_layer`).
+
+Gate usage: after every forward pass the module keeps the batch-mean gate weights per task
+(detached); `gate_usage()` returns them as lists of floats for the training history.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from multikpi.models.blocks import mlp, mlp_out_dim
+
+
+class BatchedLinear(nn.Module):
+    """E independent linear layers in one (E, in_dim, out_dim) weight.
+
+    (B, in_dim) -> (B, E, out_dim) when every expert reads the same input;
+    (B, E, in_dim) -> (B, E, out_dim) when expert e reads its own input [:, e].
+    Initialised like nn.Linear: weight and bias ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim)).
+    """
+
+    def __init__(self, num: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(num, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num, out_dim).uniform_(-bound, bound))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        pattern = "bi,eio->beo" if inputs.dim() == 2 else "bei,eio->beo"
+        return torch.einsum(pattern, inputs, self.weight) + self.bias
+
+
+class ExpertBank(nn.Module):
+    """`num_experts` MLP experts of the same widths, run batched.
+
+    (B, in_dim) -> (B, E, hidden[-1]); every layer is Linear -> ReLU (-> Dropout), as in `mlp`.
+    """
+
+    def __init__(self, in_dim: int, hidden: list[int], num_experts: int, dropout: float = 0.0):
+        super().__init__()
+        dims = [in_dim] + list(hidden)
+        self.layers = nn.ModuleList(BatchedLinear(num_experts, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.num_experts = num_experts
+        self.out_dim = mlp_out_dim(in_dim, hidden)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        hidden = inputs
+        for layer in self.layers:
+            hidden = self.dropout(torch.relu(layer(hidden)))
+        return hidden
+
+    def last_layer(self) -> BatchedLinear:
+        return self.layers[-1]
+
+
+class Gate(nn.Module):
+    """Softmax gate over E experts: (B, in_dim) -> (B, E) weights, each row sums to 1.
+
+    With `hidden = []` it is the papers' linear gate, softmax(W_g x); otherwise an MLP first."""
+
+    def __init__(self, in_dim: int, hidden: list[int], num_experts: int):
+        super().__init__()
+        self.body = mlp(in_dim, hidden)
+        self.out = nn.Linear(mlp_out_dim(in_dim, hidden), num_experts)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.out(self.body(inputs)).float(), dim=-1)
+
+
+def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Gate-weighted sum of expert outputs: weights (B, E), experts (B, E, H) -> (B, H)."""
+    return torch.einsum("be,beh->bh", weights.to(experts.dtype), experts)
+
+
+def _usage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {task: w.detach().float().mean(dim=0) for task, w in weights.items()}
+
+
+class MMoE(nn.Module):
+    """Multi-gate Mixture-of-Experts (Ma, Zhao, Yi, Chen, Hong & Chi, KDD 2018, eq. 5-6).
+
+        f^t(x) = Σ_e g^t(x)_e · f_e(x),   g^t(x) = softmax(W_t x)
+
+    experts: ExpertBank, (B, in_dim) -> (B, E, H); gates: ModuleDict task -> Gate over E experts,
+    each reading the same shared input. forward: (B, in_dim) -> {task: (B, H)}.
+    Parameters: `experts.*` (optimizer group `experts`) and `gates.<task>.*` (group `gates`).
+    """
+
+    def __init__(self, *, experts: ExpertBank, gates: nn.ModuleDict):
+        super().__init__()
+        self.experts = experts
+        self.gates = gates
+        self.out_dim = experts.out_dim
+        self._usage: dict[str, torch.Tensor] = {}
+
+    def gate_weights(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """task -> (B, E) gate weights (rows sum to 1)."""
+        return {task: gate(inputs) for task, gate in self.gates.items()}
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        expert_outputs = self.experts(inputs)
+        weights = self.gate_weights(inputs)
+        self._usage = _usage(weights)
+        return {task: mix(w, expert_outputs) for task, w in weights.items()}
+
+    def gate_usage(self) -> dict[str, list[float]]:
+        """task -> batch-mean gate weight of each expert in the last forward pass."""
+        return {task: w.tolist() for task, w in self._usage.items()}
+
+    def last_shared_layer(self) -> BatchedLinear:
+        """The last layer of all experts, one (E, in, H) weight: the layer right below the gates,
+        shared by every task (GradNorm measures each task's gradient norm on it)."""
+        return self.experts.last_layer()
+
+
+class PLE(nn.Module):
+    """Progressive Layered Extraction with Customized Gate Control (Tang, Liu, Zhao & Gong,
+    RecSys 2020, eq. 2-5).
+
+    Level j has shared experts S^j and task-specific experts E^j_t. Task t's gate reads task t's
+    input of the level and mixes [E^j_t ; S^j]; below the last level a shared gate reads the
+    shared input and mixes every expert of the level, [E^j_1 ; ... ; E^j_T ; S^j], into the next
+    level's shared input. Level 1 reads x everywhere.
+
+    experts: ModuleList over levels of ModuleDict {"shared": ExpertBank, "specific": ModuleDict
+    task -> ExpertBank}; gates: ModuleList over levels of ModuleDict {"tasks": ModuleDict task ->
+    Gate, and below the last level "shared": Gate}. forward: (B, in_dim) -> {task: (B, H)}.
+    Parameters: `experts.*` (optimizer group `experts`) and `gates.*` (group `gates`).
+    Gate usage reports the last level's task gates, over [task-specific experts, shared experts].
+    """
+
+    def __init__(self, *, experts: nn.ModuleList, gates: nn.ModuleList):
+        super().__init__()
+        self.experts = experts
+        self.gates = gates
+        self.tasks = list(experts[0]["specific"].keys())
+        self.out_dim = experts[-1]["shared"].out_dim
+        self._usage: dict[str, torch.Tensor] = {}
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs, weights = self._levels(inputs)
+        self._usage = _usage(weights)
+        return outputs
+
+    def gate_weights(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """task -> (B, K + S) gate weights of the last level (rows sum to 1)."""
+        return self._levels(inputs)[1]
+
+    def _levels(self, inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        task_inputs = {task: inputs for task in self.tasks}
+        shared_input = inputs
+        for experts, gates in zip(self.experts, self.gates):
+            task_inputs, shared_input, weights = self._level(experts, gates, task_inputs, shared_input)
+        return task_inputs, weights
+
+    def _level(self, experts: nn.ModuleDict, gates: nn.ModuleDict, task_inputs: dict[str, torch.Tensor],
+               shared_input: torch.Tensor):
+        """One CGC level -> (task outputs, shared output or None, task gate weights)."""
+        shared = experts["shared"](shared_input)
+        specific = {t: experts["specific"][t](task_inputs[t]) for t in self.tasks}
+        weights = {t: gates["tasks"][t](task_inputs[t]) for t in self.tasks}
+        outputs = {t: mix(weights[t], torch.cat([specific[t], shared], dim=1)) for t in self.tasks}
+        shared_output = None
+        if "shared" in gates:
+            pool = torch.cat([specific[t] for t in self.tasks] + [shared], dim=1)
+            shared_output = mix(gates["shared"](shared_input), pool)
+        return outputs, shared_output, weights
+
+    def gate_usage(self) -> dict[str, list[float]]:
+        """task -> batch-mean weight of each last-level expert (task-specific first, then shared)."""
+        return {task: w.tolist() for task, w in self._usage.items()}
+
+    def last_shared_layer(self) -> BatchedLinear:
+        """The last layer of the last level's shared experts: the only expert weights that every
+        task's final gate reads (GradNorm measures each task's gradient norm on it)."""
+        return self.experts[-1]["shared"].last_layer()
