@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.errors import ArtifactError
@@ -87,6 +85,10 @@ def fit_task_calibrator(labels: np.ndarray, probs: np.ndarray) -> TaskCalibrator
     """labels (N,) in {0, 1} with both classes present; probs (N,) raw probabilities."""
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
+    # Imported here: scikit-learn (with SciPy) adds ~70 MB to a process that only predicts.
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
     isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(probs, labels)
     platt = LogisticRegression(C=np.inf).fit(_logit(probs)[:, None], labels.astype(np.int64))
     return TaskCalibrator(np.asarray(isotonic.X_thresholds_, dtype=np.float64),

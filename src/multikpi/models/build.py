@@ -44,7 +44,8 @@ def _ple(config: RunConfig, inputs: ArchInputs) -> nn.Module:
     hidden, gate_hidden = list(spec.shared), list(spec.gate_hidden)
     experts, gates, in_dim = nn.ModuleList(), nn.ModuleList(), inputs.dim
     for level in range(spec.num_levels):
-        specific = nn.ModuleDict({t: ExpertBank(in_dim, hidden, spec.num_specific_experts, spec.dropout) for t in tasks})
+        specific = nn.ModuleDict(
+            {t: ExpertBank(in_dim, hidden, spec.num_specific_experts, spec.dropout) for t in tasks})
         experts.append(nn.ModuleDict({"shared": ExpertBank(in_dim, hidden, spec.num_experts, spec.dropout),
                                       "specific": specific}))
         level_gates = nn.ModuleDict({"tasks": nn.ModuleDict(

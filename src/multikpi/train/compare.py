@@ -161,8 +161,8 @@ def _std(values: list[float]) -> float:
 def render_markdown(result: dict) -> str:
     """The comparison as a Markdown table, one row per (arch, task)."""
     seeds = result["seeds"]
-    lines = [f"Per-task {result['split']} metrics over {len(seeds)} seed(s) {seeds}: mean ± std (sample std over seeds).",
-             ""]
+    lines = [f"Per-task {result['split']} metrics over {len(seeds)} seed(s) {seeds}: "
+             "mean ± std (sample std over seeds).", ""]
     with_gain = result["baseline"] is not None
     header = ["arch", "task", "metric", "mean ± std"]
     if with_gain:
