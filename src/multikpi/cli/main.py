@@ -8,6 +8,8 @@ import argparse
 import logging
 import sys
 
+import pyarrow as pa
+
 from multikpi.cli import commands, decide_commands
 from multikpi.errors import MultiKPIError
 
@@ -65,8 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _use_returning_allocator() -> None:
+    """Give Arrow the jemalloc pool when this build has it. The CLI owns its process, so it may
+    choose: mimalloc (Arrow's default here) keeps the pages of decoded and released Parquet columns,
+    about 70 MB of resident memory on the 1M-row benchmark; jemalloc hands them back."""
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _use_returning_allocator()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return args.run(args) or 0

@@ -113,6 +113,8 @@ class TrainSpec(Spec):
     threads: PositiveInt | None = None
     log_every: PositiveInt = 50
     eval_batch_size: PositiveInt = 4096
+    train_metrics_rows: PositiveInt = Field(
+        200_000, description="train-split metrics are computed on at most this many evenly spaced rows")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="matmul precision; auto = bf16 autocast where the hardware has native bf16")

@@ -40,6 +40,15 @@ def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Genera
         yield batch_at(data, index)
 
 
+def evenly_spaced_rows(data: EncodedData, max_rows: int) -> EncodedData:
+    """At most `max_rows` rows of `data`, evenly spaced (all rows when it has no more)."""
+    if data.num_rows <= max_rows:
+        return data
+    index = torch.linspace(0, data.num_rows - 1, max_rows).round().to(torch.int64)
+    batch = batch_at(data, index)
+    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks)
+
+
 def ordered_batches(data: EncodedData, batch_size: int) -> Iterator[Batch]:
     """Rows in file order, as contiguous slices (no copy)."""
     for start in range(0, data.num_rows, batch_size):
