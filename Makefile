@@ -42,4 +42,4 @@ $(BENCH_VENV)/.installed:
 	touch $(BENCH_VENV)/.installed
 
 bench: $(STAMP) $(BENCH_VENV)/.installed bench-data
-	$(BIN)/python benchmarks/feed_vs_peers.py --peer-python $(BENCH_VENV)/bin/python
+	$(BIN)/python benchmarks/feed_vs_peers.py --peer-python $(BENCH_VENV)/bin/python --models sharedbottom,mmoe

@@ -107,12 +107,15 @@ class FeatureEncoder:
 
         fitted = _in_parallel([lambda i=i, c=c: fit_column(i, c) for i, c in enumerate(data.categorical)])
         vocabs = dict(zip(data.categorical, fitted))
-        fitted_dense = _in_parallel([lambda c=c: _fit_dense(table.column(c), c, c in data.log1p) for c in data.dense])
-        dense_stats = dict(zip(data.dense, fitted_dense))
+        # Dense columns are decoded and standardized once: statistics and values in one job each.
+        fitted_dense = _in_parallel([lambda c=c: _fit_encode_dense(table.column(c), c, c in data.log1p)
+                                     for c in data.dense])
+        dense_stats = {c: stats for c, (stats, _, _) in zip(data.dense, fitted_dense)}
+        standardized = {c: (values, missing) for c, (_, values, missing) in zip(data.dense, fitted_dense)}
         labels = {name: _fit_label(_label_values(table, name, task, config), name, task)
                   for name, task in config.tasks.items()}
         encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=labels)
-        return encoder, encoder._encode_rest(table, categorical, with_labels=True)
+        return encoder, encoder._encode_rest(table, categorical, with_labels=True, standardized=standardized)
 
     def encode(self, table: pa.Table, with_labels: bool = True) -> EncodedData:
         """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
@@ -126,19 +129,19 @@ class FeatureEncoder:
         _in_parallel([lambda i=i, c=c: encode_column(i, c) for i, c in enumerate(self.vocabs)])
         return self._encode_rest(table, categorical, with_labels)
 
-    def _encode_rest(self, table: pa.Table, categorical: np.ndarray, with_labels: bool) -> EncodedData:
-        """Dense inputs and labels, around already encoded categorical codes."""
+    def _encode_rest(self, table: pa.Table, categorical: np.ndarray, with_labels: bool,
+                     standardized: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> EncodedData:
+        """Dense inputs and labels, around already encoded categorical codes. `standardized` holds
+        dense columns the caller has already standardized: column -> (values, missing mask)."""
         n = table.num_rows
         dense = np.empty((n, self.num_dense_inputs), dtype=np.float32)
         indicator_at = {c: len(self.dense_stats) + k for k, c in enumerate(self.missing_indicators)}
 
         def encode_column(i: int, column: str) -> None:
-            stats = self.dense_stats[column]
-            values = _dense_values(table.column(column), column, stats["log1p"])
-            missing = np.isnan(values)
-            values -= stats["mean"]
-            values /= stats["std"]
-            values[missing] = 0.0
+            if standardized is not None:
+                values, missing = standardized[column]
+            else:
+                values, missing = _standardize(table.column(column), column, self.dense_stats[column])
             dense[:, i] = values
             if column in indicator_at:
                 dense[:, indicator_at[column]] = missing
@@ -270,14 +273,30 @@ def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray
     return values if values.flags.writeable else values.copy()  # Arrow's zero-copy view is read-only
 
 
-def _fit_dense(column: pa.ChunkedArray, name: str, log1p: bool) -> dict:
+def _fit_encode_dense(column: pa.ChunkedArray, name: str, log1p: bool) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(statistics, standardized values with NaN -> 0, missing mask) of one training column."""
     values = _dense_values(column, name, log1p)
     missing = np.isnan(values)
     if missing.all():
         raise DataError(f"dense column {name!r} has no values in the training data (all null)")
     mean = float(np.nanmean(values))
     std = float(np.nanstd(values))
-    return {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p, "indicator": bool(missing.any())}
+    stats = {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p, "indicator": bool(missing.any())}
+    return stats, _scale(values, missing, stats).astype(np.float32), missing  # float32: held until assembled
+
+
+def _standardize(column: pa.ChunkedArray, name: str, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(standardized values with NaN -> 0, missing mask) with fitted statistics."""
+    values = _dense_values(column, name, stats["log1p"])
+    missing = np.isnan(values)
+    return _scale(values, missing, stats), missing
+
+
+def _scale(values: np.ndarray, missing: np.ndarray, stats: dict) -> np.ndarray:
+    values -= stats["mean"]
+    values /= stats["std"]
+    values[missing] = 0.0
+    return values
 
 
 def _read_label(column: pa.ChunkedArray, task: str, kind: str, label: str) -> np.ndarray:

@@ -37,7 +37,10 @@ class BatchedLinear(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         pattern = "bi,eio->beo" if inputs.dim() == 2 else "bei,eio->beo"
-        return torch.einsum(pattern, inputs, self.weight) + self.bias
+        outputs = torch.einsum(pattern, inputs, self.weight)
+        # Add the bias in the matmul's dtype: an fp32 bias would promote a bf16 (autocast) output
+        # to fp32 and double the memory traffic of every expert activation.
+        return outputs + self.bias.to(outputs.dtype)
 
 
 class ExpertBank(nn.Module):

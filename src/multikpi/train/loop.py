@@ -56,6 +56,8 @@ def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = F
 
 
 def _train(config: RunConfig, out_dir: str | Path | None, resume: bool) -> Run:
+    # The whole recipe on one screen, on purpose (nanoGPT style, ~80 lines): setup, the loop, the
+    # final metrics. Everything else is a plain function it calls.
     run_dir = Path(out_dir if out_dir is not None else config.out_dir)
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
