@@ -35,7 +35,7 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float
     table = open_columns(data, needed_columns(predictor.config))
     encoded = predictor.encoder.encode(table)
     outputs = model_outputs(predictor.model, encoded, predictor.config.train.eval_batch_size,
-                            predictor.precision)
+                            predictor.precision, progress=True)
     return task_metrics(outputs, encoded, predictor.encoder)
 
 

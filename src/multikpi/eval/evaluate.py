@@ -1,8 +1,11 @@
 """Model outputs over a whole encoded split, and the per-task metrics table."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.eval.metrics import binary_metrics, regression_metrics
@@ -10,11 +13,13 @@ from multikpi.models.esmm import parse_cvr_output_key
 
 
 def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
-                  precision: torch.dtype | None = None, progress=None) -> dict[str, np.ndarray]:
+                  precision: torch.dtype | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """task -> (N,) raw outputs: logits for binary tasks, standardized values for regression.
 
     Runs under inference_mode (and autocast to `precision` when given) in slices of `batch_size`
-    rows on the model's device; `progress` (a tqdm bar) is advanced by the rows done."""
+    rows on the model's device. With `progress`, a tqdm bar counts the rows (only on a terminal)."""
+    bar = tqdm(total=data.num_rows, desc="evaluate", unit="row", leave=False,
+               disable=not (progress and sys.stderr.isatty()))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -26,8 +31,8 @@ def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
                                              data.dense[start:stop].to(device))
             for task, values in outputs.items():
                 chunks.setdefault(task, []).append(values.float().cpu())
-            if progress is not None:
-                progress.update(stop - start)
+            bar.update(stop - start)
+    bar.close()
     model.train(was_training)
     return {task: torch.cat(parts).numpy() for task, parts in chunks.items()}
 

@@ -112,7 +112,8 @@ def _train(config: RunConfig, out_dir: str | Path | None, resume: bool) -> Run:
         combiner.end_epoch()
         summary = _epoch_summary(epoch, time.perf_counter() - epoch_started, rows_this_session, state)
         if "valid" in splits:
-            valid_outputs = model_outputs(model, splits["valid"], config.train.eval_batch_size, precision)
+            valid_outputs = model_outputs(model, splits["valid"], config.train.eval_batch_size, precision,
+                                          progress=_show_progress(config))
             summary["valid"] = task_metrics(valid_outputs, splits["valid"], encoder)
         state.epochs_log.append(summary)
         state.epoch, state.batches_done, state.epoch_loss_sums = epoch + 1, 0, {}
@@ -122,7 +123,8 @@ def _train(config: RunConfig, out_dir: str | Path | None, resume: bool) -> Run:
 
     # The train split is scored on an evenly spaced sample: a fit diagnostic, not worth the memory.
     scored = splits | {"train": evenly_spaced_rows(train_data, config.train.train_metrics_rows)}
-    metrics = {name: task_metrics(model_outputs(model, data, config.train.eval_batch_size, precision), data, encoder)
+    metrics = {name: task_metrics(model_outputs(model, data, config.train.eval_batch_size, precision,
+                                                progress=_show_progress(config)), data, encoder)
                for name, data in scored.items()}
     calibration, calibration_report = calibrate_run(model, splits, encoder, config.train.eval_batch_size, precision)
     if calibration_report is not None:  # fitted on valid: isotonic + Platt per binary task, ECE on valid/test
