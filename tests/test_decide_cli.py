@@ -164,3 +164,15 @@ def test_tune_decision_errors(run_dir, feed_files, tmp_path, capsys, extra, mess
     assert main(_tune(run_dir, feed_files["valid"], out) + extra) == 2
     assert re.search(message, _error_line(capsys))
     assert not out.exists()
+
+
+def test_python_rank_matches_the_cli(run_dir, feed_files, tmp_path):
+    from multikpi import rank
+
+    out = tmp_path / "ranked.parquet"
+    argv = ["rank", str(run_dir), str(feed_files["test"]), "--group", "request_id", "--out", str(out),
+            "--top-k", "3", "--score", "click * convert^0.5"]
+    assert main(argv) == 0
+    table = rank(run_dir, feed_files["test"], "request_id", top_k=3, score="click * convert^0.5")
+    assert table.equals(pq.read_table(out))
+    assert int(np.sum(table.column("in_top_k").to_numpy(zero_copy_only=False))) > 0

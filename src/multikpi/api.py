@@ -14,7 +14,7 @@ from multikpi.serve.predictor import Predictor
 from multikpi.train.loop import train as _train_loop
 from multikpi.train.run import Run, needed_columns
 
-__all__ = ["evaluate", "load_config", "predict", "train"]
+__all__ = ["evaluate", "load_config", "predict", "rank", "train"]
 
 
 def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
@@ -42,3 +42,20 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float
 def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | None = None) -> pa.Table:
     """Estimates of a finished run: `keep` columns (default: `data.id_columns`), then one column per task."""
     return Predictor.load(run_dir).predict(data, keep)
+
+
+def rank(run_dir: str | Path, data: str | Path, group: str, top_k: int | None = None,
+         score: str | None = None, config: str | Path | None = None) -> pa.Table:
+    """Score every row of `data` with the fusion formula and rank the rows within each `group`.
+
+    The formula is `score`, else `decide.score` of `config` (a YAML file such as the one
+    `tune-decision` writes), else of the run's own config. Returns the group and id columns, score,
+    rank (1 = first), in_top_k and the per-task estimates, ordered by group then rank."""
+    from multikpi.decide.score import decide_spec, evaluate_scores, load_candidates, ranked_table, score_formula
+
+    predictor = Predictor.load(run_dir)
+    decide = decide_spec(predictor, config)
+    formula = score_formula(decide, predictor.tasks, score)
+    candidates = load_candidates(predictor, data, group, decide.calibration, with_labels=False)
+    ids = [c for c in predictor.config.data.id_columns if c in candidates.table.column_names]
+    return ranked_table(candidates, evaluate_scores(formula, candidates), group, top_k or decide.top_k, ids)
