@@ -82,3 +82,19 @@ def test_predict_missing_feature_column_exit_2_and_no_output(tmp_path, tiny_conf
     assert main(["predict", str(run.run_dir), str(tmp_path / "noprice.parquet"), "--out", str(out)]) == 2
     assert "no column(s) ['price']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_predict_raw_skips_calibration(tmp_path, tiny_config):
+    """With a valid split the run is calibrated: --raw gives the model's own probabilities."""
+    import numpy as np
+
+    from multikpi import Predictor, train
+    run = train(tiny_config)
+    test_file = tiny_config["data"]["test"]
+    raw_out, calibrated_out = tmp_path / "raw.parquet", tmp_path / "cal.parquet"
+    assert main(["predict", str(run.run_dir), test_file, "--out", str(raw_out), "--raw"]) == 0
+    assert main(["predict", str(run.run_dir), test_file, "--out", str(calibrated_out)]) == 0
+    raw = pq.read_table(raw_out).column("click").to_numpy()
+    expected = Predictor.load(run.run_dir).predict(test_file, calibrated=False).column("click").to_numpy()
+    assert np.array_equal(raw, expected)
+    assert not np.allclose(raw, pq.read_table(calibrated_out).column("click").to_numpy())

@@ -39,9 +39,11 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float
     return task_metrics(outputs, encoded, predictor.encoder)
 
 
-def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | None = None) -> pa.Table:
-    """Estimates of a finished run: `keep` columns (default: `data.id_columns`), then one column per task."""
-    return Predictor.load(run_dir).predict(data, keep)
+def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | None = None,
+            calibrated: bool = True) -> pa.Table:
+    """Estimates of a finished run: `keep` columns (default: `data.id_columns`), then one column per
+    task; binary probabilities calibrated as `decide.calibration` says unless `calibrated` is False."""
+    return Predictor.load(run_dir).predict(data, keep, calibrated=calibrated)
 
 
 def rank(run_dir: str | Path, data: str | Path, group: str, top_k: int | None = None,

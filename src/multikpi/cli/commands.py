@@ -75,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> None:
     keep = [c for c in args.keep.split(",") if c] if args.keep is not None else None
-    table = api.predict(args.run_dir, args.data, keep)
+    table = api.predict(args.run_dir, args.data, keep, calibrated=not args.raw)
     write_table(table, args.out)
     print(f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}")
 

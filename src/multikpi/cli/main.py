@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .parquet or .csv")
     p.add_argument("--keep", default=None,
                    help="comma-separated id columns to pass through (default: data.id_columns of the config)")
+    p.add_argument("--raw", action="store_true",
+                   help="write the model's raw probabilities, not the calibrated ones (decide.calibration)")
     p.set_defaults(run=commands.predict)
 
     p = sub.add_parser("compare", help="train one config under several architectures and seeds; per-task table "
