@@ -161,9 +161,9 @@ def _check_loss(config: RunConfig) -> list[str]:
 
 def _check_model(config: RunConfig) -> list[str]:
     model, problems = config.model, []
+    values, defaults = model.model_dump(), type(model)().model_dump()
     for key, archs in ARCH_MODEL_KEYS.items():
-        default = type(model).model_fields[key].get_default(call_default_factory=True)
-        if model.arch not in archs and getattr(model, key) != default:
+        if model.arch not in archs and values[key] != defaults[key]:
             problems.append(f"`model.{key}` is only used with `model.arch` {' or '.join(archs)}. "
                             f"Got arch {model.arch!r}")
     if model.arch == "single_task" and config.loss.combine == "gradnorm":
@@ -181,8 +181,7 @@ def _check_esmm(config: RunConfig) -> list[str]:
         return [f"`model.esmm` is required with `model.arch: esmm`: give {{ctr: <task>, ctcvr: <task>}} "
                 f"naming two binary tasks among {binary}. Got none"]
     problems = []
-    for key in ("ctr", "ctcvr"):
-        name = getattr(esmm, key)
+    for key, name in (("ctr", esmm.ctr), ("ctcvr", esmm.ctcvr)):
         if name not in binary:
             problems.append(f"`model.esmm.{key}` must name a binary task among {binary}. Got {name!r}")
     if esmm.ctr == esmm.ctcvr:
