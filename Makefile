@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-data clean
+.PHONY: setup test test-fast lint demo bench bench-data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,8 +16,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# The import contract (layers), ruff and mypy, then every test.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest tests
+
+test-fast: lint
+	$(BIN)/python -m pytest tests -m "not slow"
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(BIN)/multikpi

@@ -35,7 +35,7 @@ def run_variant(name: str, overrides: list[str], config: str, out_root: Path) ->
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     return {"variant": name, "overrides": overrides, "wall_seconds": time.perf_counter() - started,
-            "test": metrics["test"], "loss_weights": metrics["loss_weights"],
+            "test": metrics["splits"]["test"], "loss_weights": metrics["loss_weights"],
             "train_examples_per_second": metrics["timing"]["train_examples_per_second"]}
 
 

@@ -122,7 +122,7 @@ def markdown(table: list[dict], peak_gflops: float) -> str:
     lines = [head, "|" + "---|" * 13]
     for t in table:
         runs = " / ".join(f"{v:,.0f}" for v in t["train_ex_per_s"])
-        ratio = lambda key: f"{t[key]:.2f}" if key in t else "—"  # noqa: E731
+        ratio = lambda key, t=t: f"{t[key]:.2f}" if key in t else "—"  # noqa: E731
         lines.append(
             f"| {t['system']} | {t['model']} | {runs} | {ratio('train_ratio_deepctr')} | {ratio('train_ratio_rechub')} "
             f"| {t['flop_bound_pct']:.0f}% | {t['peak_rss_mb']:,.0f} | {t['load_encode_s']} "

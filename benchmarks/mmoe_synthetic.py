@@ -33,10 +33,11 @@ import torch  # noqa: E402
 
 from multikpi.config import config_from_dict  # noqa: E402
 from multikpi.data import FeatureEncoder, shuffled_batches  # noqa: E402
-from multikpi.data.synthetic_mmoe import mmoe_synthetic_arrays, mmoe_synthetic_world  # noqa: E402
 from multikpi.losses import build_combiner, task_losses  # noqa: E402
 from multikpi.models import build_model  # noqa: E402
 from multikpi.optim import build_optimizers, build_param_groups  # noqa: E402
+from multikpi.synthetic.mmoe import mmoe_synthetic_arrays, mmoe_synthetic_world  # noqa: E402
+from multikpi.training.setup import encoder_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 100
@@ -78,10 +79,10 @@ def train_curve(config, train_table: pa.Table, test_table: pa.Table, y_test: np.
                 seed: int) -> tuple[list[float], dict]:
     """Test loss at steps 0, eval_every, 2*eval_every, ..., args.steps; and the gate usage on the
     test rows at the end (task -> mean weight per expert; {} for shared_bottom)."""
-    encoder, train = FeatureEncoder.fit_encode(train_table, config)
+    encoder, train = FeatureEncoder.fit_encode(train_table, *encoder_specs(config))
     test = encoder.encode(test_table)
     torch.manual_seed(seed)
-    model = build_model(config, encoder)
+    model = build_model(config.model, config.tasks, encoder)
     combiner = build_combiner(config, model.shared.last_shared_layer().weight)
     optimizers = build_optimizers(build_param_groups(config, model, combiner), args.steps)
     kinds = {t: s.kind for t, s in config.tasks.items()}

@@ -16,7 +16,7 @@ from multikpi.data import shuffled_batches
 from multikpi.losses import build_combiner, task_losses
 from multikpi.models import build_model
 from multikpi.optim import build_optimizers, build_param_groups
-from multikpi.train.run import load_splits, seed_everything
+from multikpi.training.setup import load_splits, seed_everything
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     print(f"load + encode: {time.perf_counter() - started:.3f}s for {splits['train'].num_rows:,} rows")
-    model = build_model(config, encoder)
+    model = build_model(config.model, config.tasks, encoder)
     combiner = build_combiner(config, model.shared.last_shared_layer().weight)
     optimizers = build_optimizers(build_param_groups(config, model, combiner), 10_000)
     kinds = {t: s.kind for t, s in config.tasks.items()}

@@ -19,8 +19,9 @@ from multikpi.cli.main import _use_returning_allocator
 from multikpi.config import load_config
 from multikpi.data import FeatureEncoder, read_table
 from multikpi.eval import model_outputs
-from multikpi.train import train
-from multikpi.train.run import needed_columns, resolve_precision
+from multikpi.models.precision import resolve_precision
+from multikpi.training import train
+from multikpi.training.setup import encoder_specs, needed_columns
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"sharedbottom": ["model.arch=shared_bottom"], "mmoe": ["model.arch=mmoe", "model.num_experts=4"]}
@@ -34,7 +35,7 @@ def time_load_encode(config) -> float:
     """Seconds to read the training Parquet file and fit + encode it (the first thing train does)."""
     started = time.perf_counter()
     table = read_table(config.data.train, needed_columns(config))
-    FeatureEncoder.fit_encode(table, config)
+    FeatureEncoder.fit_encode(table, *encoder_specs(config))
     return time.perf_counter() - started
 
 
@@ -74,12 +75,12 @@ def main() -> None:
     train_peak_rss = peak_rss_mb()  # the training process's peak; the timings below come after it
     load_s = time_load_encode(config)
     model_rows, e2e_rows = time_predict(run, args.test, args.predict_batch)
-    test = run.metrics["test"]
+    test = run.metrics.splits["test"]
     result = {
         "system": "multikpi", "model": args.model, "tasks": list(config.tasks), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "precision": config.train.precision, "load_encode_s": round(load_s, 3),
-        "train_ex_per_s": round(run.metrics["timing"]["train_examples_per_second"], 1),
+        "train_ex_per_s": round(run.metrics.timing["train_examples_per_second"], 1),
         "train_wall_s": round(train_wall, 2), "peak_rss_mb": round(train_peak_rss, 1),
         "peak_rss_with_timings_mb": round(peak_rss_mb(), 1),
         "predict_batch": args.predict_batch, "predict_rows_per_s": round(model_rows, 1),

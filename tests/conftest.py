@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from multikpi.data.synthetic import make_feed
 from multikpi.data.tabular import write_table
+from multikpi.synthetic.feed import make_feed
 
 REPO = Path(__file__).resolve().parent.parent
 

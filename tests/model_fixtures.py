@@ -7,17 +7,17 @@ from multikpi.config import config_from_dict
 from multikpi.data import FeatureEncoder, batch_at, read_table
 from multikpi.losses import build_combiner
 from multikpi.models import build_model
-from multikpi.train.run import needed_columns
+from multikpi.training.setup import encoder_specs, needed_columns
 
 
 def build_all(config_dict: dict):
     """(config, encoder, encoded train data, model, combiner) for `config_dict`."""
     config = config_from_dict(config_dict)
     table = read_table(config.data.train, needed_columns(config))
-    encoder = FeatureEncoder.fit(table, config)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     data = encoder.encode(table)
     torch.manual_seed(0)
-    model = build_model(config, encoder)
+    model = build_model(config.model, config.tasks, encoder)
     combiner = build_combiner(config, model.shared.last_shared_layer().weight)
     return config, encoder, data, model, combiner
 

@@ -19,7 +19,7 @@ def test_train_predict_round_trip(tiny_config):
     assert np.all((probs > 0) & (probs < 1))
     assert np.all(preds.column("dwell").to_numpy() >= 0)  # expm1 of a log1p-scale value, seconds
     expected = binary_metrics(table.column("click").to_numpy(), probs)["auc"]
-    assert run.metrics["test"]["click"]["auc"] == pytest.approx(expected)
+    assert run.metrics.splits["test"]["click"]["auc"] == pytest.approx(expected)
     assert evaluate(run.run_dir, tiny_config["data"]["test"])["click"]["auc"] == pytest.approx(expected)
 
 
@@ -36,15 +36,15 @@ def test_mixed_binary_and_regression_do_not_collapse(tiny_config):
     tiny_config["train"]["epochs"] = 6
     tiny_config["optim"] = {"default": {"lr": 3e-3}}
     run = train(tiny_config)
-    assert run.metrics["valid"]["click"]["auc"] > 0.6
-    assert run.metrics["valid"]["dwell"]["pearson_log1p"] > 0.1
+    assert run.metrics.splits["valid"]["click"]["auc"] > 0.6
+    assert run.metrics.splits["valid"]["dwell"]["pearson_log1p"] > 0.1
 
 
 def test_train_on_restricts_task_to_parent_positives(tiny_config):
     tiny_config["tasks"]["convert"]["train_on"] = "click"
     run = train(tiny_config)
     clicks = int(pq.read_table(tiny_config["data"]["valid"]).column("click").to_numpy().sum())
-    assert run.metrics["valid"]["convert"]["count"] == clicks
+    assert run.metrics.splits["valid"]["convert"]["count"] == clicks
 
 
 def test_tampered_weights_are_refused(tiny_config):

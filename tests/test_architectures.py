@@ -10,7 +10,7 @@ import torch
 from model_fixtures import build_all, first_batch
 from multikpi.losses import task_losses
 from multikpi.models.architectures import SeparateNets, SharedBottom
-from multikpi.models.experts import MMoE, PLE, BatchedLinear, ExpertBank, Gate
+from multikpi.models.experts import PLE, BatchedLinear, ExpertBank, Gate, MMoE
 from multikpi.optim import build_optimizers, build_param_groups
 
 ARCHS = {

@@ -11,8 +11,10 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from conftest import TINY_CONFIG
 from multikpi import ArtifactError, Predictor, train
-from multikpi.decide.calibration import (
+from multikpi.api import predictor_of
+from multikpi.eval.calibration import (
     TaskCalibrator,
     apply_calibration,
     expected_calibration_error,
@@ -21,7 +23,6 @@ from multikpi.decide.calibration import (
     reliability,
     resolve_method,
 )
-from conftest import TINY_CONFIG
 
 
 def _noisy(seed: int, n: int = 2000):
@@ -123,7 +124,7 @@ def test_calibrators_round_trip_through_the_run_dir(calibrated_run, feed_files):
     assert calibrated == pytest.approx(predictor.calibrators["click"].apply(click_test, "platt"))
     assert raw_test.column("dwell").equals(predictor.predict(feed_files["test"], keep=[]).column("dwell"))
     # The Run in memory predicts the same as the run loaded from disk.
-    in_memory = calibrated_run.predictor().predict(feed_files["test"], keep=[]).column("click").to_numpy()
+    in_memory = predictor_of(calibrated_run).predict(feed_files["test"], keep=[]).column("click").to_numpy()
     assert in_memory == pytest.approx(calibrated)
 
 
@@ -155,5 +156,5 @@ def test_run_without_valid_has_no_calibrators(tiny_config):
     del tiny_config["data"]["valid"]
     run = train(tiny_config)
     assert run.calibration is None and not (run.run_dir / "calibration.json").exists()
-    assert "calibration" not in run.metrics
+    assert run.metrics.calibration is None
     assert Predictor.load(run.run_dir).calibration == "none"

@@ -34,14 +34,14 @@ def test_end_to_end(tmp_path, tiny_config):
     assert result.returncode == 0, result.stderr
     assert "epoch 2:" in result.stderr and "valid click auc=" in result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"click", "dwell", "convert"}
+    assert set(metrics["splits"]["test"]) == {"click", "dwell", "convert"}
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2 * 6  # ceil(3000 / 512) steps per epoch
 
     result = _cli("evaluate", str(run_dir), str(data / "valid.parquet"), "--json", str(tmp_path / "eval.json"))
     assert result.returncode == 0, result.stderr
     evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluated["click"]["auc"] == pytest.approx(metrics["test"]["click"]["auc"])
+    assert evaluated["click"]["auc"] == pytest.approx(metrics["splits"]["test"]["click"]["auc"])
 
     out = tmp_path / "preds.csv"
     result = _cli("predict", str(run_dir), str(data / "valid.parquet"), "--out", str(out), "--keep", "request_id")

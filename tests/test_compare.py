@@ -7,11 +7,11 @@ import json
 import pytest
 import yaml
 
+from multikpi.api.compare import _gain, arch_config, arch_configs, compare, parse_archs
 from multikpi.cli.main import main
 from multikpi.config import config_from_dict
 from multikpi.errors import ConfigError
 from multikpi.serve.predictor import Predictor
-from multikpi.train.compare import _gain, arch_config, arch_configs, compare, parse_archs
 
 
 def _write(tmp_path, config: dict):

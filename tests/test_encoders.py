@@ -13,9 +13,10 @@ import torch
 
 from multikpi.config import config_from_dict
 from multikpi.data.encoders import EncodedData, FeatureEncoder
-from multikpi.data.synthetic import make_feed
 from multikpi.data.tabular import read_table, write_table
 from multikpi.errors import ArtifactError, DataError
+from multikpi.synthetic.feed import make_feed
+from multikpi.training.setup import encoder_specs
 
 NAN = float("nan")
 
@@ -61,7 +62,7 @@ def test_vocabulary_is_fit_on_train_only():
     config = make_config()
     train = pa.table({"user": [10, 20, 30], "x": [1.0, 2.0, 3.0], "click": [0, 1, 0]})
     other = pa.table({"user": [30, 40, 10, 20, 99], "x": [1.0] * 5, "click": [0] * 5})
-    encoder = FeatureEncoder.fit(train, config)
+    encoder = FeatureEncoder.fit(train, *encoder_specs(config))
     assert encoder.vocab_sizes == [4]  # 3 ids + the out-of-vocabulary row
     assert encoder.encode(train).categorical[:, 0].tolist() == [1, 2, 3]
     # 40 and 99 appear only in the second table: out of vocabulary.
@@ -70,7 +71,7 @@ def test_vocabulary_is_fit_on_train_only():
 
 def test_nulls_map_to_zero_and_are_not_in_vocabulary():
     config = make_config(categorical=("user", "item"))
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     assert encoder.vocabs["user"].to_pylist() == [10, 20, 30]
     assert encoder.vocabs["item"].to_pylist() == ["a", "b", "c"]
     encoded = encoder.encode(train_table()).categorical
@@ -81,7 +82,7 @@ def test_nulls_map_to_zero_and_are_not_in_vocabulary():
 
 def test_min_frequency_drops_rare_ids():
     config = make_config(categorical=("user", "item"), min_frequency=2)
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     assert encoder.vocabs["user"].to_pylist() == [10, 20]  # 30 seen once
     assert encoder.vocabs["item"].to_pylist() == ["b"]     # a and c seen once
     assert encoder.vocab_sizes == [3, 2]
@@ -93,7 +94,7 @@ def test_min_frequency_drops_rare_ids():
 def test_string_and_integer_ids_match_a_dictionary_oracle():
     table = make_feed(2000, seed=1)
     config = make_config(categorical=("user_id", "item_category", "device"), dense=("noise",))
-    encoder = FeatureEncoder.fit(table, config)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     encoded = encoder.encode(table).categorical.numpy()
     for j, column in enumerate(("user_id", "item_category", "device")):
         values = table.column(column).to_pylist()
@@ -105,7 +106,7 @@ def test_string_and_integer_ids_match_a_dictionary_oracle():
 
 def test_other_integer_width_and_dictionary_columns_encode_like_train():
     config = make_config(categorical=("user", "item"))
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     other = pa.table({
         "user": pa.array([30, 10, 77], pa.int32()),
         "item": pa.array(["c", "zz", "a"]).dictionary_encode(),
@@ -119,7 +120,7 @@ def test_other_integer_width_and_dictionary_columns_encode_like_train():
 
 def test_categorical_ids_of_incompatible_type_raise():
     config = make_config()
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     other = pa.table({"user": ["u1", "u2"], "x": [1.0, 2.0], "click": [0, 1]})
     with pytest.raises(DataError, match=r"categorical column 'user' must hold ids of type int64"):
         encoder.encode(other)
@@ -129,7 +130,7 @@ def test_float_categorical_column_raises():
     config = make_config()
     table = pa.table({"user": [1.5, 2.5], "x": [1.0, 2.0], "click": [0, 1]})
     with pytest.raises(DataError, match=r"categorical column 'user' must hold integer or string ids\. Got type double"):
-        FeatureEncoder.fit(table, config)
+        FeatureEncoder.fit(table, *encoder_specs(config))
 
 
 # --- dense -----------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_float_categorical_column_raises():
 def test_dense_standardized_with_train_statistics():
     config = make_config(dense=("x", "price"))
     train = train_table()
-    encoder = FeatureEncoder.fit(train, config)
+    encoder = FeatureEncoder.fit(train, *encoder_specs(config))
     x = np.array([1.0, 2.0, NAN, 4.0, NAN, 8.0])
     price = np.array([0.0, 1.0, 3.0, 7.0, 15.0, 99.0])
     mean, std = np.nanmean(x), np.nanstd(x)  # population std (ddof=0)
@@ -160,7 +161,7 @@ def test_dense_standardized_with_train_statistics():
 
 def test_new_data_uses_train_statistics():
     config = make_config(dense=("x",))
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     x = np.array([1.0, 2.0, NAN, 4.0, NAN, 8.0])
     mean, std = np.nanmean(x), np.nanstd(x)
     other = pa.table({"user": [1, 2, 3], "x": [100.0, None, -3.0], "click": [0, 0, 1]})
@@ -171,7 +172,7 @@ def test_new_data_uses_train_statistics():
 
 def test_log1p_applied_before_standardizing():
     config = make_config(dense=("price",), log1p=("price",))
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     logged = np.log1p(np.array([0.0, 1.0, 3.0, 7.0, 15.0, 99.0]))
     assert encoder.dense_stats["price"]["mean"] == pytest.approx(logged.mean())
     assert encoder.dense_stats["price"]["std"] == pytest.approx(logged.std())
@@ -182,7 +183,7 @@ def test_log1p_applied_before_standardizing():
 def test_log1p_clips_negative_values_to_zero():
     config = make_config(dense=("v",), log1p=("v",))
     train = pa.table({"user": [1, 2, 3, 4], "v": [-5.0, 0.0, 1.0, 3.0], "click": [0, 1, 0, 1]})
-    encoder = FeatureEncoder.fit(train, config)
+    encoder = FeatureEncoder.fit(train, *encoder_specs(config))
     logged = np.log1p(np.array([0.0, 0.0, 1.0, 3.0]))
     assert encoder.dense_stats["v"]["mean"] == pytest.approx(logged.mean())
 
@@ -190,7 +191,7 @@ def test_log1p_clips_negative_values_to_zero():
 def test_constant_dense_column_gets_unit_std():
     config = make_config(dense=("v",))
     train = pa.table({"user": [1, 2, 3], "v": [5.0, 5.0, 5.0], "click": [0, 1, 0]})
-    encoder = FeatureEncoder.fit(train, config)
+    encoder = FeatureEncoder.fit(train, *encoder_specs(config))
     assert encoder.dense_stats["v"]["std"] == 1.0
     other = pa.table({"user": [1], "v": [7.0], "click": [0]})
     assert encoder.encode(other).dense[0, 0].item() == pytest.approx(2.0)
@@ -200,7 +201,7 @@ def test_integer_and_boolean_dense_columns():
     config = make_config(dense=("n", "b"))
     train = pa.table({"user": [1, 2, 3, 4], "n": pa.array([1, 2, 3, 6], pa.int16()),
                       "b": [True, False, True, True], "click": [0, 1, 0, 1]})
-    dense = FeatureEncoder.fit(train, config).encode(train).dense.numpy()
+    dense = FeatureEncoder.fit(train, *encoder_specs(config)).encode(train).dense.numpy()
     n, b = np.array([1.0, 2, 3, 6]), np.array([1.0, 0, 1, 1])
     np.testing.assert_allclose(dense[:, 0], (n - n.mean()) / n.std(), rtol=1e-6)
     np.testing.assert_allclose(dense[:, 1], (b - b.mean()) / b.std(), rtol=1e-6)
@@ -211,8 +212,8 @@ def test_inf_in_dense_column_raises(value):
     config = make_config(dense=("x",))
     bad = pa.table({"user": [1, 2], "x": [1.0, value], "click": [0, 1]})
     with pytest.raises(DataError, match=r"dense column 'x' must be finite or null\. Got 1 infinite value"):
-        FeatureEncoder.fit(bad, config)
-    encoder = FeatureEncoder.fit(train_table(), config)
+        FeatureEncoder.fit(bad, *encoder_specs(config))
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     with pytest.raises(DataError, match=r"dense column 'x' must be finite"):
         encoder.encode(bad)
 
@@ -221,22 +222,22 @@ def test_string_dense_column_raises():
     config = make_config(dense=("x",))
     bad = pa.table({"user": [1, 2], "x": ["1.0", "2.0"], "click": [0, 1]})
     with pytest.raises(DataError, match=r"dense column 'x' must be numeric\. Got type string"):
-        FeatureEncoder.fit(bad, config)
+        FeatureEncoder.fit(bad, *encoder_specs(config))
 
 
 def test_all_null_dense_column_raises():
     config = make_config(dense=("x",))
     bad = pa.table({"user": [1, 2], "x": pa.array([None, None], pa.float64()), "click": [0, 1]})
     with pytest.raises(DataError, match=r"dense column 'x' has no values in the training data"):
-        FeatureEncoder.fit(bad, config)
+        FeatureEncoder.fit(bad, *encoder_specs(config))
 
 
 def test_missing_column_raises_data_error():
     config = make_config(dense=("x",))
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     without = train_table().drop_columns(["x"])
     with pytest.raises(DataError, match=r"no column\(s\) \['x'\]"):
-        FeatureEncoder.fit(without, config)
+        FeatureEncoder.fit(without, *encoder_specs(config))
     with pytest.raises(DataError, match=r"no column\(s\) \['x'\]"):
         encoder.encode(without)
     # Labels are only needed when they are encoded.
@@ -252,8 +253,8 @@ def test_binary_label_with_value_two_raises():
     config = make_config()
     bad = pa.table({"user": [1, 2, 3], "x": [1.0, 2.0, 3.0], "click": [0, 2, 1]})
     with pytest.raises(DataError, match=r"label column 'click' of binary task 'click' must be 0 or 1\. Got \[2(\.0)?\]"):
-        FeatureEncoder.fit(bad, config)
-    encoder = FeatureEncoder.fit(train_table(), config)
+        FeatureEncoder.fit(bad, *encoder_specs(config))
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     with pytest.raises(DataError, match=r"label column 'click'.*must be 0 or 1\. Got \[2"):
         encoder.encode(bad)
 
@@ -262,20 +263,20 @@ def test_all_null_label_raises():
     config = make_config(tasks={"dwell": {"kind": "regression", "label": "dwell"}})
     bad = pa.table({"user": [1, 2], "x": [1.0, 2.0], "dwell": pa.array([None, None], pa.float32())})
     with pytest.raises(DataError, match=r"task 'dwell' has no labelled rows .*column 'dwell' is all null"):
-        FeatureEncoder.fit(bad, config)
+        FeatureEncoder.fit(bad, *encoder_specs(config))
 
 
 def test_string_label_raises():
     config = make_config()
     bad = pa.table({"user": [1, 2], "x": [1.0, 2.0], "click": ["yes", "no"]})
     with pytest.raises(DataError, match=r"label column 'click' of task 'click' must be numeric"):
-        FeatureEncoder.fit(bad, config)
+        FeatureEncoder.fit(bad, *encoder_specs(config))
 
 
 def test_binary_labels_and_nulls():
     config = make_config(tasks={"click": {"kind": "binary", "label": "click"},
                                 "convert": {"kind": "binary", "label": "convert"}})
-    encoder = FeatureEncoder.fit(train_table(), config)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     assert encoder.labels["click"].mean == pytest.approx(0.5)
     assert encoder.labels["convert"].mean == pytest.approx(3 / 5)
     labels = encoder.encode(train_table()).labels.numpy()
@@ -286,7 +287,7 @@ def test_binary_labels_and_nulls():
 def test_train_on_masks_label_where_parent_is_not_one():
     config = full_config()
     table = train_table()
-    encoder = FeatureEncoder.fit(table, config)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     data = encoder.encode(table)
     assert data.tasks == ("click", "convert", "dwell")
     convert = data.labels[:, 1].numpy()
@@ -300,7 +301,7 @@ def test_train_on_masks_label_where_parent_is_not_one():
 def test_regression_label_standardized_and_inverted():
     config = full_config()
     table = train_table()
-    encoder = FeatureEncoder.fit(table, config)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     dwell = np.array([1.0, 3.0, NAN, 0.0, 10.0, 20.0])
     present = dwell[~np.isnan(dwell)]
     mean, std = np.log1p(present).mean(), np.log1p(present).std()
@@ -322,14 +323,14 @@ def test_regression_label_without_transform():
     config = make_config(tasks={"y": {"kind": "regression", "label": "y"}})
     y = np.array([2.0, -4.0, 6.0, 12.0])
     table = pa.table({"user": [1, 2, 3, 4], "x": [0.0, 1.0, 2.0, 3.0], "y": y})
-    encoder = FeatureEncoder.fit(table, config)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     encoded = encoder.encode(table).labels[:, 0].numpy()
     np.testing.assert_allclose(encoded, (y - y.mean()) / y.std(), rtol=1e-6)
     np.testing.assert_allclose(encoder.to_original_units("y", encoded.astype(np.float64)), y, rtol=1e-6)
 
 
 def test_without_labels_everything_is_nan():
-    encoder = FeatureEncoder.fit(train_table(), full_config())
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(full_config()))
     data = encoder.encode(train_table(), with_labels=False)
     assert data.labels.shape == (6, 3) and torch.isnan(data.labels).all()
     assert isinstance(data, EncodedData) and data.num_rows == 6
@@ -340,7 +341,7 @@ def test_without_labels_everything_is_nan():
 def test_save_load_round_trip(tmp_path):
     config = full_config(min_frequency=2)
     train = train_table()
-    encoder = FeatureEncoder.fit(train, config)
+    encoder = FeatureEncoder.fit(train, *encoder_specs(config))
     files = encoder.save(tmp_path / "enc")
     assert all(f.exists() for f in files) and (tmp_path / "enc" / "encoders.json") in files
     loaded = FeatureEncoder.load(tmp_path / "enc")
@@ -483,8 +484,8 @@ def test_encoders_on_a_csv_round_trip(tmp_path):
     config = make_config(categorical=("user_id", "device"), dense=("price", "affinity"), log1p=("price",),
                          tasks={"click": {"kind": "binary", "label": "click"},
                                 "dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"}})
-    from_csv = FeatureEncoder.fit(read_table(path), config)
-    direct = FeatureEncoder.fit(table, config)
+    from_csv = FeatureEncoder.fit(read_table(path), *encoder_specs(config))
+    direct = FeatureEncoder.fit(table, *encoder_specs(config))
     a, b = direct.encode(table), from_csv.encode(read_table(path))
     assert torch.equal(a.categorical, b.categorical)
     np.testing.assert_allclose(a.dense.numpy(), b.dense.numpy(), rtol=1e-5, atol=1e-5)
@@ -502,7 +503,7 @@ def test_fit_encode_equals_fit_then_encode(min_frequency):
     config = make_config(categorical=("user_id", "item_id", "item_category", "device"),
                          dense=("price", "affinity"), log1p=("price",), min_frequency=min_frequency,
                          tasks=FULL_TASKS | {"dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"}})
-    encoder, encoded = FeatureEncoder.fit_encode(table, config)
+    encoder, encoded = FeatureEncoder.fit_encode(table, *encoder_specs(config))
     again = encoder.encode(table)
     assert torch.equal(encoded.categorical, again.categorical)
     assert torch.equal(encoded.dense, again.dense)

@@ -207,7 +207,6 @@ def test_data_errors(case, setup, expected, tmp_path, tiny_config, feed_files, c
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, feed_files):
     from conftest import TINY_CONFIG
-
     from multikpi import train
 
     config = json.loads(json.dumps(TINY_CONFIG))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from multikpi.config import config_from_dict
-from multikpi.decide.formula import FormulaError, parse_formula
 from multikpi.errors import ConfigError
+from multikpi.formula import FormulaError, parse_formula
 
 TASKS = ["click", "dwell", "convert"]
 VALUES = {"click": np.array([0.1, 0.5]), "dwell": np.array([10.0, 20.0]), "convert": np.array([0.01, 0.04])}

@@ -14,6 +14,7 @@ from multikpi.config import config_from_dict
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.eval.evaluate import estimates, task_metrics
 from multikpi.eval.metrics import binary_metrics, regression_metrics
+from multikpi.training.setup import encoder_specs
 
 NAN = float("nan")
 
@@ -133,7 +134,7 @@ def labelled_table(n: int = 200, seed: int = 0) -> pa.Table:
 
 def fitted(n: int = 200, seed: int = 0):
     table = labelled_table(n, seed)
-    encoder = FeatureEncoder.fit(table, CONFIG)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(CONFIG))
     data = encoder.encode(table)
     rng = np.random.default_rng(seed + 100)
     labels = {name: table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -235,7 +236,7 @@ def test_task_metrics_hand_built_example():
     e = math.e
     table = pa.table({"x": [0.0, 1.0, 2.0, 3.0], "click": pa.array([1, 0, None, 1], pa.int8()),
                       "dwell": [e - 1, e ** 3 - 1, None, None]})  # log1p(dwell) = 1, 3 -> mean 2, std 1
-    encoder = FeatureEncoder.fit(table, config)
+    encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     assert (encoder.labels["dwell"].mean, encoder.labels["dwell"].std) == pytest.approx((2.0, 1.0))
     data = encoder.encode(table)
     outputs = {"click": np.array([0.0, math.log(3.0), 50.0, -math.log(3.0)], np.float32),

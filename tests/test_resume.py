@@ -14,8 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from multikpi.data.synthetic import make_feed
 from multikpi.data.tabular import write_table
+from multikpi.synthetic.feed import make_feed
 
 
 def _config(tmp_path: Path, train_file: Path) -> Path:
@@ -133,6 +133,6 @@ def test_same_seed_data_and_threads_give_identical_metrics(tiny_config, tmp_path
     tiny_config["model"]["dropout"] = 0.2
     first = train(tiny_config, out_dir=tmp_path / "a").metrics
     second = train(tiny_config, out_dir=tmp_path / "b").metrics
-    assert first["test"] == second["test"] and first["valid"] == second["valid"]
+    assert first.splits["test"] == second.splits["test"] and first.splits["valid"] == second.splits["valid"]
     tiny_config["train"]["seed"] = 1
-    assert train(tiny_config, out_dir=tmp_path / "c").metrics["test"] != first["test"]
+    assert train(tiny_config, out_dir=tmp_path / "c").metrics.splits["test"] != first.splits["test"]

@@ -13,10 +13,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 try:
-    from multikpi.data.synthetic import feed_oracle, make_feed
+    from multikpi.synthetic.feed import feed_oracle, make_feed
 except ModuleNotFoundError:  # package not installed: fall back to the src layout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from multikpi.data.synthetic import feed_oracle, make_feed
+    from multikpi.synthetic.feed import feed_oracle, make_feed
 
 N_ROWS = 100_000
 

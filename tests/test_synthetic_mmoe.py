@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from multikpi.cli.main import main
-from multikpi.data.synthetic_mmoe import make_mmoe_synthetic, mmoe_synthetic_arrays, mmoe_synthetic_world
+from multikpi.synthetic.mmoe import make_mmoe_synthetic, mmoe_synthetic_arrays, mmoe_synthetic_world
 
 
 @pytest.mark.parametrize("p", [-1.0, -0.3, 0.0, 0.5, 0.9, 1.0])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model_fixtures import build_all, first_batch
-from multikpi.errors import ConfigError
 from multikpi.config import config_from_dict
+from multikpi.errors import ConfigError
 from multikpi.losses import task_losses
 
 

@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from multikpi import api
+from multikpi.api.compare import compare as run_compare
+from multikpi.api.compare import parse_archs
+from multikpi.artifacts.files import write_json
 from multikpi.config.load import load_config, load_raw_config
-from multikpi.data.synthetic import make_feed
-from multikpi.data.synthetic_mmoe import make_mmoe_synthetic
 from multikpi.data.tabular import write_table
 from multikpi.errors import ConfigError, DataError
-from multikpi.serve.artifact import write_json
-from multikpi.train.compare import compare as run_compare
-from multikpi.train.compare import parse_archs, render_markdown
+from multikpi.report.compare import render_markdown
+from multikpi.report.tables import render_table
+from multikpi.synthetic.feed import make_feed
+from multikpi.synthetic.mmoe import make_mmoe_synthetic
 
 # (rows, seed, world_seed, correlation) -> table; `correlation` (--correlation) is None unless given.
 DATASETS: dict[str, Callable[[int, int, int, float | None], pa.Table]] = {
@@ -62,7 +62,7 @@ def train(args: argparse.Namespace) -> None:
         raise ConfigError([f"--resume and --out-dir must name the same directory. Got {args.resume!r} "
                            f"and {args.out_dir!r}"], source="train")
     run = api.train(config, out_dir=args.resume or args.out_dir, resume=args.resume is not None)
-    print(format_metrics({k: v for k, v in run.metrics.items() if k in ("train", "valid", "test")}))
+    print(format_metrics(run.metrics.splits))
     print(f"run written to {run.run_dir}")
 
 
@@ -70,7 +70,8 @@ def evaluate(args: argparse.Namespace) -> None:
     metrics = api.evaluate(args.run_dir, args.data)
     if args.json:
         write_json(Path(args.json), metrics)
-    print(format_metrics({Path(args.data).name: metrics}))
+    print(f"metrics on {args.data}:")
+    print(format_metrics({"": metrics}))
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -90,24 +91,17 @@ def compare(args: argparse.Namespace) -> None:
     print(f"table written to {Path(args.out) / 'compare.md'} and compare.json")
 
 
-BINARY_COLUMNS = ("auc", "logloss", "calibration", "pos_rate", "count", "cvr_auc_on_clicked")
-REGRESSION_COLUMNS = ("rmse", "mae", "pearson", "pearson_log1p", "rmse_log1p", "count")
+BINARY_COLUMNS = ("auc", "logloss", "calibration", "pos_rate", "cvr_auc_on_clicked")
+REGRESSION_COLUMNS = ("rmse", "mae", "pearson", "pearson_log1p", "rmse_log1p")
 
 
 def format_metrics(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
-    """split -> task -> metric -> value, as an aligned text table (one row per split and task)."""
-    lines = [f"{'split':<10} {'task':<14} metrics"]
-    for split, tasks in metrics.items():
-        for task, values in tasks.items():
-            names = BINARY_COLUMNS if "auc" in values else REGRESSION_COLUMNS
-            cells = [f"{n}={_fmt(values[n])}" for n in names if n in values]
-            lines.append(f"{split:<10} {task:<14} " + "  ".join(cells))
-    return "\n".join(lines)
-
-
-def _fmt(value: float) -> str:
-    if isinstance(value, int):
-        return f"{value:,}"
-    if math.isnan(value):
-        return "nan"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    """split -> task -> metric -> value, as an aligned text table, one row per split and task, tasks
+    in config order. A split named "" gets no split column (evaluate names its file above)."""
+    present = {name for tasks in metrics.values() for values in tasks.values() for name in values}
+    columns = [c for c in BINARY_COLUMNS + REGRESSION_COLUMNS if c in present] + ["count"]
+    with_split = any(split for split in metrics)
+    header = (["split"] if with_split else []) + ["task"] + columns
+    rows = [([split] if with_split else []) + [task] + [values.get(c) for c in columns]
+            for split, tasks in metrics.items() for task, values in tasks.items()]
+    return render_table(header, rows)

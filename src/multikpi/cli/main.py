@@ -7,11 +7,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
-import pyarrow as pa
-
-from multikpi.cli import commands, decide_commands
+from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
 from multikpi.errors import MultiKPIError
+
+DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
+Command = Callable[[argparse.Namespace], int | None]
+
+
+def _commands() -> dict[str, Command]:
+    """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
+    answer without loading torch."""
+    from multikpi.cli import commands, decide_commands
+
+    return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
+            "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
+            "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,32 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-data", help="write a built-in synthetic dataset")
-    p.add_argument("kind", choices=sorted(commands.DATASETS))
+    p.add_argument("kind", choices=DATASETS)
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", required=True, help="output .parquet or .csv")
     p.add_argument("--seed", type=int, default=0, help="row seed (files with different seeds share one world)")
     p.add_argument("--world-seed", type=int, default=2024)
     p.add_argument("--correlation", type=float, default=None,
                    help="mmoe-synthetic: cosine p between the two tasks' weight vectors, in [-1, 1]")
-    p.set_defaults(run=commands.make_data)
 
     p = sub.add_parser("validate", help="check a config and report every problem")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
-    p.set_defaults(run=commands.validate)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--out-dir", help="run directory (default: out_dir of the config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this interrupted run from its last checkpoint")
-    p.set_defaults(run=commands.train)
 
     p = sub.add_parser("evaluate", help="per-task metrics of a run on a labelled file")
     p.add_argument("run_dir")
     p.add_argument("data")
     p.add_argument("--json", help="also write the metrics to this JSON file")
-    p.set_defaults(run=commands.evaluate)
 
     p = sub.add_parser("predict", help="write one estimate column per task")
     p.add_argument("run_dir")
@@ -54,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated id columns to pass through (default: data.id_columns of the config)")
     p.add_argument("--raw", action="store_true",
                    help="write the model's raw probabilities, not the calibrated ones (decide.calibration)")
-    p.set_defaults(run=commands.predict)
 
     p = sub.add_parser("compare", help="train one config under several architectures and seeds; per-task table "
                                        "with the MTL gain over single_task")
@@ -63,9 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", required=True, help="comma-separated, e.g. single_task,shared_bottom,mmoe,ple")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arch: train.seed, train.seed + 1, ... (default 3)")
     p.add_argument("--out", default="runs/compare", help="directory of the runs and of compare.md/json")
-    p.set_defaults(run=commands.compare)
 
-    decide_commands.add_parsers(sub)  # rank, tune-decision
+    add_decide_parsers(sub)  # rank, tune-decision
     return parser
 
 
@@ -73,6 +79,8 @@ def _use_returning_allocator() -> None:
     """Give Arrow the jemalloc pool when this build has it. The CLI owns its process, so it may
     choose: mimalloc (Arrow's default here) keeps the pages of decoded and released Parquet columns,
     about 70 MB of resident memory on the 1M-row benchmark; jemalloc hands them back."""
+    import pyarrow as pa
+
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
     except (NotImplementedError, pa.ArrowNotImplementedError):
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     _use_returning_allocator()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return args.run(args) or 0
+        return _commands()[args.command](args) or 0
     except MultiKPIError as err:
         print(f"multikpi {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from multikpi.config.architectures import ARCHITECTURES
+
+# The architecture names come from the catalogue, so that a new architecture is one row there.
+ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
+
 
 class Spec(BaseModel):
     """Base of every config section: frozen, and unknown keys are errors."""
@@ -43,7 +48,7 @@ class EsmmSpec(Spec):
 
 
 class ModelSpec(Spec):
-    arch: Literal["shared_bottom", "mmoe", "ple", "esmm", "single_task"] = "shared_bottom"
+    arch: ArchName = "shared_bottom"  # type: ignore[valid-type]
     embedding_dim: PositiveInt = 16
     shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128], min_length=1,
                                       description="shared MLP widths; for mmoe/ple the widths of every expert; "

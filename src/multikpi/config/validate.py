@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import re
 
+from multikpi.config.architectures import ARCHITECTURES, arch_model_keys
+from multikpi.config.architectures import subnet_names as arch_subnet_names
 from multikpi.config.schema import RunConfig
-from multikpi.decide.formula import FormulaError, parse_formula
+from multikpi.formula import FormulaError, parse_formula
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Subnets that each architecture owns besides `embeddings`, `heads.<task>` and `loss`.
-# mmoe/ple: parameters `shared.experts.*` and `shared.gates.*`. single_task/esmm have no shared
-# subnet: each task's own MLP (`shared.nets.<task>.*`) joins the task's group `heads.<task>`.
-ARCH_SUBNETS: dict[str, tuple[str, ...]] = {
-    "shared_bottom": ("shared",),
-    "mmoe": ("experts", "gates"),
-    "ple": ("experts", "gates"),
-    "esmm": (),
-    "single_task": (),
-}
-PER_TASK_NETS: tuple[str, ...] = ("esmm", "single_task")
-# `model` keys that only some architectures read; any other architecture rejects a non-default value.
-ARCH_MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "num_experts": ("mmoe", "ple"),
-    "gate_hidden": ("mmoe", "ple"),
-    "num_specific_experts": ("ple",),
-    "num_levels": ("ple",),
-    "esmm": ("esmm",),
-}
 
 
 def validate_config(config: RunConfig) -> list[str]:
@@ -112,7 +95,8 @@ def _check_tasks(config: RunConfig) -> list[str]:
                 others = [n for n in names if n != name]
                 problems.append(f"`tasks.{name}.train_on` must be another task among {others}. Got {task.train_on!r}")
             elif parent.kind != "binary":
-                problems.append(f"`tasks.{name}.train_on` must name a binary task. Got {task.train_on!r} ({parent.kind})")
+                problems.append(f"`tasks.{name}.train_on` must name a binary task. "
+                                f"Got {task.train_on!r} ({parent.kind})")
     cycle = find_cycle(config)
     if cycle:
         problems.append(f"`inputs_from` edges must not form a cycle. Got {' -> '.join(cycle)}")
@@ -162,13 +146,13 @@ def _check_loss(config: RunConfig) -> list[str]:
 def _check_model(config: RunConfig) -> list[str]:
     model, problems = config.model, []
     values, defaults = model.model_dump(), type(model)().model_dump()
-    for key, archs in ARCH_MODEL_KEYS.items():
+    for key, archs in arch_model_keys().items():
         if model.arch not in archs and values[key] != defaults[key]:
             problems.append(f"`model.{key}` is only used with `model.arch` {' or '.join(archs)}. "
                             f"Got arch {model.arch!r}")
-    if model.arch == "single_task" and config.loss.combine == "gradnorm":
-        problems.append("`loss.combine` must not be gradnorm with `model.arch: single_task`: GradNorm balances "
-                        "gradient norms on a layer every task shares, and single_task shares none. Got 'gradnorm'")
+    if not ARCHITECTURES[model.arch].shares_a_layer and config.loss.combine == "gradnorm":
+        problems.append(f"`loss.combine` must not be gradnorm with `model.arch: {model.arch}`: GradNorm balances "
+                        f"gradient norms on a layer every task shares, and {model.arch} shares none. Got 'gradnorm'")
     if model.arch == "esmm":
         problems += _check_esmm(config)
     return problems
@@ -194,9 +178,8 @@ def _check_esmm(config: RunConfig) -> list[str]:
 
 
 def subnet_names(config: RunConfig) -> list[str]:
-    """The optimizer groups this config's model has: shared subnets, `embeddings`, heads, `loss`."""
-    names = ["embeddings"] + list(ARCH_SUBNETS[config.model.arch])
-    return names + [f"heads.{t}" for t in config.tasks] + ["loss"]
+    """The optimizer groups this config's model has: `embeddings`, shared subnets, heads, `loss`."""
+    return arch_subnet_names(config.model.arch, list(config.tasks))
 
 
 def _check_optim(config: RunConfig) -> list[str]:

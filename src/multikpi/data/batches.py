@@ -20,7 +20,11 @@ class Batch:
     dense: torch.Tensor
     labels: torch.Tensor
 
-    def to(self, device: torch.device) -> "Batch":
+    @property
+    def num_rows(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device) -> Batch:
         return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device))
 
 
@@ -30,13 +34,10 @@ def batch_at(data: EncodedData, index: torch.Tensor) -> Batch:
                  data.labels.index_select(0, index))
 
 
-def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator,
-                     skip: int = 0) -> Iterator[Batch]:
-    """One epoch in a random order drawn from `generator`; the last batch may be smaller.
-
-    `skip` leaves out the first batches of that order (resuming an epoch part-way)."""
+def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """One epoch in a random order drawn from `generator`; the last batch may be smaller."""
     order = torch.randperm(data.num_rows, generator=generator)
-    for index in order.split(batch_size)[skip:]:
+    for index in order.split(batch_size):
         yield batch_at(data, index)
 
 

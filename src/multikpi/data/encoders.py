@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +28,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from multikpi.config.schema import RunConfig, TaskSpec
+from multikpi.data.specs import ColumnSpec, LabelSpec
 from multikpi.errors import ArtifactError, DataError
+
+
+class ColumnSource(Protocol):
+    """What the encoders read: a pyarrow Table, or a Parquet file decoded one column at a time."""
+
+    num_rows: int
+    column_names: list[str]
+
+    def column(self, name: str) -> pa.ChunkedArray: ...
 
 
 @dataclass(frozen=True)
@@ -60,9 +71,10 @@ class LabelStats:
 
 
 class FeatureEncoder:
-    """Fitted encoders for one RunConfig. Use `fit`, then `encode`; `save`/`load` round-trip."""
+    """Fitted encoders of the input columns and labels. Use `fit`, then `encode`; `save`/`load` round-trip."""
 
-    def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict], labels: dict[str, LabelStats]):
+    def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict[str, Any]],
+                 labels: dict[str, LabelStats]):
         self.vocabs = vocabs
         self.dense_stats = dense_stats
         self.labels = labels
@@ -81,6 +93,16 @@ class FeatureEncoder:
         return [len(v) + 1 for v in self.vocabs.values()]
 
     @property
+    def label_columns(self) -> list[str]:
+        """The label columns of the tasks (a `train_on` parent's label is among them)."""
+        return list(dict.fromkeys(s.label for s in self.labels.values()))
+
+    def needed_columns(self, with_labels: bool = True) -> list[str]:
+        """Input columns, then the label columns when `with_labels`."""
+        columns = self.categorical + self.dense + (self.label_columns if with_labels else [])
+        return list(dict.fromkeys(columns))
+
+    @property
     def missing_indicators(self) -> list[str]:
         return [c for c, s in self.dense_stats.items() if s["indicator"]]
 
@@ -89,16 +111,17 @@ class FeatureEncoder:
         return len(self.dense_stats) + len(self.missing_indicators)
 
     @classmethod
-    def fit(cls, table: pa.Table, config: RunConfig) -> "FeatureEncoder":
-        """Fit every encoder on the training table."""
-        return cls.fit_encode(table, config)[0]
+    def fit(cls, table: ColumnSource, columns: ColumnSpec, labels: Mapping[str, LabelSpec]) -> FeatureEncoder:
+        """Fit every encoder on the training table. `labels`: task -> its label, in task order."""
+        return cls.fit_encode(table, columns, labels)[0]
 
     @classmethod
-    def fit_encode(cls, table: pa.Table, config: RunConfig) -> tuple["FeatureEncoder", EncodedData]:
+    def fit_encode(cls, table: ColumnSource, columns: ColumnSpec,
+                   labels: Mapping[str, LabelSpec]) -> tuple[FeatureEncoder, EncodedData]:
         """Fit on the training table and return its encoding too, in one pass over each column
         (the vocabulary comes from one hash pass that also yields the training codes)."""
-        data = config.data
-        _require_columns(table, data.categorical + data.dense + [t.label for t in config.tasks.values()])
+        data = columns
+        _require_columns(table, [*data.categorical, *data.dense, *(s.column for s in labels.values())])
         categorical = np.empty((table.num_rows, len(data.categorical)), dtype=np.int32)
 
         def fit_column(i: int, column: str) -> pa.Array:
@@ -112,12 +135,12 @@ class FeatureEncoder:
                                      for c in data.dense])
         dense_stats = {c: stats for c, (stats, _, _) in zip(data.dense, fitted_dense)}
         standardized = {c: (values, missing) for c, (_, values, missing) in zip(data.dense, fitted_dense)}
-        labels = {name: _fit_label(_label_values(table, name, task, config), name, task)
-                  for name, task in config.tasks.items()}
-        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=labels)
+        label_stats = {name: _fit_label(_label_values(table, name, spec, labels), name, spec)
+                       for name, spec in labels.items()}
+        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats)
         return encoder, encoder._encode_rest(table, categorical, with_labels=True, standardized=standardized)
 
-    def encode(self, table: pa.Table, with_labels: bool = True) -> EncodedData:
+    def encode(self, table: ColumnSource, with_labels: bool = True) -> EncodedData:
         """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
         labels_needed = [s.label for s in self.labels.values()] if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
@@ -129,7 +152,7 @@ class FeatureEncoder:
         _in_parallel([lambda i=i, c=c: encode_column(i, c) for i, c in enumerate(self.vocabs)])
         return self._encode_rest(table, categorical, with_labels)
 
-    def _encode_rest(self, table: pa.Table, categorical: np.ndarray, with_labels: bool,
+    def _encode_rest(self, table: ColumnSource, categorical: np.ndarray, with_labels: bool,
                      standardized: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> EncodedData:
         """Dense inputs and labels, around already encoded categorical codes. `standardized` holds
         dense columns the caller has already standardized: column -> (values, missing mask)."""
@@ -154,7 +177,7 @@ class FeatureEncoder:
         return EncodedData(torch.from_numpy(categorical), torch.from_numpy(dense),
                            torch.from_numpy(labels), tuple(self.labels))
 
-    def _encode_label(self, table: pa.Table, name: str) -> np.ndarray:
+    def _encode_label(self, table: ColumnSource, name: str) -> np.ndarray:
         stats = self.labels[name]
         values = _read_label(table.column(stats.label), name, stats.kind, stats.label)
         if stats.train_on is not None:
@@ -180,7 +203,7 @@ class FeatureEncoder:
         """Write encoders.json plus one Parquet file per vocabulary; returns the files written."""
         directory.mkdir(parents=True, exist_ok=True)
         files = []
-        for i, (column, vocab) in enumerate(self.vocabs.items()):
+        for i, vocab in enumerate(self.vocabs.values()):
             path = directory / f"vocab_{i:03d}.parquet"
             pq.write_table(pa.table({"value": vocab}), path)
             files.append(path)
@@ -194,7 +217,7 @@ class FeatureEncoder:
         return files + [path]
 
     @classmethod
-    def load(cls, directory: Path) -> "FeatureEncoder":
+    def load(cls, directory: Path) -> FeatureEncoder:
         try:
             meta = json.loads((directory / "encoders.json").read_text())
             vocabs = {
@@ -207,7 +230,7 @@ class FeatureEncoder:
         return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels)
 
 
-def _require_columns(table: pa.Table, columns: list[str]) -> None:
+def _require_columns(table: ColumnSource, columns: list[str]) -> None:
     """DataError naming every configured column the table lacks (instead of Arrow's KeyError)."""
     missing = [c for c in dict.fromkeys(columns) if c not in table.column_names]
     if missing:
@@ -238,12 +261,17 @@ def _fit_encode_ids(column: pa.ChunkedArray, name: str, min_frequency: int) -> t
     return distinct.take(pa.array(kept)), remap[codes]
 
 
-def _in_parallel(jobs: list) -> list:
-    """Run independent column jobs on a small thread pool (Arrow and NumPy release the GIL)."""
-    if len(jobs) < 2:
+_POOL: list[ThreadPoolExecutor] = []  # one long-lived pool per process, created on first use
+
+
+def _in_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Run independent column jobs on a small thread pool (Arrow and NumPy release the GIL). The
+    pool lives as long as the process: a server encoding every request must not start threads per call."""
+    if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
         return [job() for job in jobs]
-    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda job: job(), jobs))
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="multikpi-encode"))
+    return list(_POOL[0].map(lambda job: job(), jobs))
 
 
 def _encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
@@ -315,11 +343,11 @@ def _read_label(column: pa.ChunkedArray, task: str, kind: str, label: str) -> np
     return values
 
 
-def _label_values(table: pa.Table, name: str, task: TaskSpec, config: RunConfig) -> np.ndarray:
-    values = _read_label(table.column(task.label), name, task.kind, task.label)
+def _label_values(table: ColumnSource, name: str, task: LabelSpec, labels: Mapping[str, LabelSpec]) -> np.ndarray:
+    values = _read_label(table.column(task.column), name, task.kind, task.column)
     if task.train_on is not None:
-        parent = config.tasks[task.train_on]
-        gate = _read_label(table.column(parent.label), task.train_on, "binary", parent.label)
+        parent = labels[task.train_on]
+        gate = _read_label(table.column(parent.column), task.train_on, "binary", parent.column)
         values = np.where(gate == 1.0, values, np.nan)
     return values
 
@@ -330,13 +358,13 @@ def _transform(values: np.ndarray, transform: str) -> np.ndarray:
     return values
 
 
-def _fit_label(values: np.ndarray, name: str, task: TaskSpec) -> LabelStats:
+def _fit_label(values: np.ndarray, name: str, task: LabelSpec) -> LabelStats:
     present = values[~np.isnan(values)]
     if present.size == 0:
-        raise DataError(f"task {name!r} has no labelled rows in the training data (column {task.label!r} is all null)")
+        raise DataError(f"task {name!r} has no labelled rows in the training data (column {task.column!r} is all null)")
     if task.kind == "binary":
-        return LabelStats("binary", task.label, "none", float(present.mean()), 1.0, task.train_on)
+        return LabelStats("binary", task.column, "none", float(present.mean()), 1.0, task.train_on)
     transformed = _transform(present, task.transform)
     std = float(transformed.std())
-    return LabelStats("regression", task.label, task.transform, float(transformed.mean()),
+    return LabelStats("regression", task.column, task.transform, float(transformed.mean()),
                       std if std > 0 else 1.0, task.train_on)

@@ -64,7 +64,7 @@ class ParquetColumns:
         return _read(self.path, "parquet", [name]).column(0)
 
 
-def open_columns(path: str | Path, columns: list[str]) -> "pa.Table | ParquetColumns":
+def open_columns(path: str | Path, columns: list[str]) -> pa.Table | ParquetColumns:
     """Like `read_table`, with the same checks and errors, but Parquet columns are decoded only
     when asked for. CSV files are read whole (they have no column index)."""
     path = Path(path)

@@ -13,10 +13,10 @@ import pyarrow.compute as pc
 from multikpi.config.load import load_config
 from multikpi.config.schema import DecideSpec, RunConfig
 from multikpi.data.tabular import column_names, read_table
-from multikpi.decide.calibration import apply_calibration, resolve_method
-from multikpi.decide.formula import Formula, parse_formula
 from multikpi.decide.ranking import Ranking, group_codes, rank_codes
 from multikpi.errors import ConfigError, DataError
+from multikpi.eval.calibration import apply_calibration, resolve_method
+from multikpi.formula import Formula, parse_formula
 from multikpi.serve.predictor import Predictor
 
 logger = logging.getLogger("multikpi")
@@ -85,7 +85,7 @@ def load_candidates(predictor: Predictor, data: str | Path, group: str, calibrat
     available = column_names(data)
     if group not in available:
         raise DataError(f"data file {str(data)!r} has no group column {group!r}; it has {available}")
-    ids = [c for c in (keep if keep is not None else predictor.config.data.id_columns) if c in available]
+    ids = [c for c in (keep if keep is not None else predictor.serving.id_columns) if c in available]
     labels = [predictor.config.tasks[t].label for t in predictor.tasks] if with_labels else []
     table = read_table(data, list(dict.fromkeys(ids + [group] + predictor.feature_columns() + labels)))
     group_column = table.column(group)

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from multikpi.decide.formula import Formula, FormulaError, parse_formula
 from multikpi.decide.ranking import ranking_metrics
 from multikpi.decide.score import Candidates, evaluate_scores
 from multikpi.errors import ConfigError, DataError
+from multikpi.extras import import_extra
+from multikpi.formula import Formula, FormulaError, parse_formula
 
 logger = logging.getLogger("multikpi")
 
@@ -241,12 +242,12 @@ def _search(template: Template, objective: str, evaluate, trials: int, seed: int
             constrained: bool) -> list[Trial]:
     """Run the Optuna study; one Trial per finished trial, in order. The constraint violations
     reach TPE through `Trial.set_constraint` (Optuna >= 5) or `constraints_func` (older)."""
-    import optuna  # imported here: only tune-decision needs it
+    optuna = import_extra("optuna", "tune-decision")
 
     results: list[Trial] = []
     set_constraint = hasattr(optuna.trial.Trial, "set_constraint")
 
-    def run_trial(trial: "optuna.Trial") -> float:
+    def run_trial(trial: optuna.Trial) -> float:
         params = {}
         for name, (low, high) in template.ranges.items():
             steps = math.floor((high - low) / STEP + 1e-9)

@@ -1,5 +1,7 @@
-"""Evaluation: per-task metrics on labelled rows."""
-from multikpi.eval.evaluate import estimates, model_outputs, task_metrics
+"""Evaluation: per-task metrics (as mergeable accumulators) and calibration of binary probabilities."""
+from multikpi.eval.accumulators import BinaryAccumulator, RegressionAccumulator
+from multikpi.eval.evaluate import SplitMetrics, estimates, evaluate_split, model_outputs, task_metrics
 from multikpi.eval.metrics import binary_metrics, regression_metrics
 
-__all__ = ["binary_metrics", "estimates", "model_outputs", "regression_metrics", "task_metrics"]
+__all__ = ["BinaryAccumulator", "RegressionAccumulator", "SplitMetrics", "binary_metrics", "estimates",
+           "evaluate_split", "model_outputs", "regression_metrics", "task_metrics"]

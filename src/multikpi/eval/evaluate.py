@@ -1,40 +1,48 @@
-"""Model outputs over a whole encoded split, and the per-task metrics table."""
+"""Model outputs over an encoded split, and the per-task metrics table, computed batch by batch
+through the accumulators of `accumulators.py`."""
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder
-from multikpi.eval.metrics import binary_metrics, regression_metrics
+from multikpi.eval.accumulators import BinaryAccumulator, RegressionAccumulator
 from multikpi.models.esmm import parse_cvr_output_key
 
+RowsDone = Callable[[int], None]  # progress callback: called with the rows of each finished slice
 
-def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
-                  precision: torch.dtype | None = None, progress: bool = False) -> dict[str, np.ndarray]:
-    """task -> (N,) raw outputs: logits for binary tasks, standardized values for regression.
 
-    Runs under inference_mode (and autocast to `precision` when given) in slices of `batch_size`
-    rows on the model's device. With `progress`, a tqdm bar counts the rows (only on a terminal)."""
-    bar = tqdm(total=data.num_rows, desc="evaluate", unit="row", leave=False,
-               disable=not (progress and sys.stderr.isatty()))
+def output_batches(model: torch.nn.Module, data: EncodedData, batch_size: int,
+                   precision: torch.dtype | None = None,
+                   on_rows: RowsDone | None = None) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    """(row slice, task -> raw outputs of those rows) in slices of `batch_size` rows: logits for
+    binary tasks, standardized values for regression. Runs under inference_mode (and autocast to
+    `precision` when given) on the model's device."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunks: dict[str, list[torch.Tensor]] = {}
-    with torch.inference_mode(), torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-        for start in range(0, data.num_rows, batch_size):
-            stop = min(start + batch_size, data.num_rows)
-            outputs = model.forward_features(data.categorical[start:stop].to(device),
-                                             data.dense[start:stop].to(device))
-            for task, values in outputs.items():
-                chunks.setdefault(task, []).append(values.float().cpu())
-            bar.update(stop - start)
-    bar.close()
-    model.train(was_training)
-    return {task: torch.cat(parts).numpy() for task, parts in chunks.items()}
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            for start in range(0, data.num_rows, batch_size):
+                rows = slice(start, min(start + batch_size, data.num_rows))
+                outputs = model.forward_features(data.categorical[rows].to(device), data.dense[rows].to(device))
+                yield rows, {task: values.float().cpu().numpy() for task, values in outputs.items()}
+                if on_rows is not None:
+                    on_rows(rows.stop - rows.start)
+    finally:
+        model.train(was_training)
+
+
+def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
+                  precision: torch.dtype | None = None, on_rows: RowsDone | None = None) -> dict[str, np.ndarray]:
+    """task -> (N,) raw outputs of every row (see `output_batches`)."""
+    chunks: dict[str, list[np.ndarray]] = {}
+    for _, outputs in output_batches(model, data, batch_size, precision, on_rows):
+        for task, values in outputs.items():
+            chunks.setdefault(task, []).append(values)
+    return {task: np.concatenate(parts) for task, parts in chunks.items()}
 
 
 def estimates(outputs: dict[str, np.ndarray], encoder: FeatureEncoder) -> dict[str, np.ndarray]:
@@ -43,54 +51,110 @@ def estimates(outputs: dict[str, np.ndarray], encoder: FeatureEncoder) -> dict[s
     out = {}
     for task, values in outputs.items():
         if task not in encoder.labels or encoder.labels[task].kind == "binary":
-            out[task] = 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
+            out[task] = _sigmoid(values)
         else:
             out[task] = encoder.to_original_units(task, values.astype(np.float64))
     return out
 
 
+class SplitMetrics:
+    """The per-task metrics of one split, accumulated batch by batch; each task on its labelled rows.
+
+    binary: auc, logloss, calibration, pos_rate, mean_pred, count; regression: rmse, mae, pearson in
+    label units, the same with the suffix `_<transform>` on the transformed scale, and count. ESMM's
+    CTCVR task also gets `cvr_auc_on_clicked` and `cvr_logloss_on_clicked` of the CVR tower."""
+
+    def __init__(self, encoder: FeatureEncoder, tasks: tuple[str, ...]):
+        self.encoder = encoder
+        self.tasks = tasks
+        self.binary: dict[str, BinaryAccumulator] = {}
+        self.regression: dict[str, tuple[RegressionAccumulator, RegressionAccumulator]] = {}
+        self.cvr_on_clicked: dict[str, BinaryAccumulator] = {}
+
+    def update(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> None:
+        """outputs: task -> (B,) raw outputs; labels: (B, T) encoded labels, NaN = none."""
+        for column, task in enumerate(self.tasks):
+            target = labels[:, column]
+            labelled = ~np.isnan(target)
+            if not labelled.any():
+                continue
+            stats = self.encoder.labels[task]
+            values = outputs[task][labelled].astype(np.float64)
+            if stats.kind == "binary":
+                self.binary.setdefault(task, BinaryAccumulator()).update(target[labelled], _sigmoid(values))
+                continue
+            pred = self.encoder.to_transformed(task, values)
+            label = self.encoder.to_transformed(task, target[labelled].astype(np.float64))
+            units, transformed = self.regression.setdefault(
+                task, (RegressionAccumulator(), RegressionAccumulator(f"_{stats.transform}")))
+            units.update(_inverse(label, stats.transform), _inverse(pred, stats.transform))
+            if stats.transform != "none":
+                transformed.update(label, pred)
+        self._update_cvr_on_clicked(outputs, labels)
+
+    def _update_cvr_on_clicked(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> None:
+        for key, values in outputs.items():
+            pair = parse_cvr_output_key(key)
+            if pair is None:
+                continue
+            ctr, ctcvr = pair
+            target = labels[:, self.tasks.index(ctcvr)]
+            clicked = (labels[:, self.tasks.index(ctr)] == 1) & ~np.isnan(target)
+            if clicked.any():
+                self.cvr_on_clicked.setdefault(ctcvr, BinaryAccumulator()).update(
+                    target[clicked], _sigmoid(values[clicked]))
+
+    def merge(self, other: SplitMetrics) -> None:
+        for task, acc in other.binary.items():
+            self.binary.setdefault(task, BinaryAccumulator()).merge(acc)
+        for task, (units, transformed) in other.regression.items():
+            fresh = (RegressionAccumulator(), RegressionAccumulator(transformed.suffix))
+            mine = self.regression.setdefault(task, fresh)
+            mine[0].merge(units)
+            mine[1].merge(transformed)
+        for task, acc in other.cvr_on_clicked.items():
+            self.cvr_on_clicked.setdefault(task, BinaryAccumulator()).merge(acc)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """task -> metric -> value, tasks in config order; a task without a labelled row is absent."""
+        table: dict[str, dict[str, float]] = {}
+        for task in self.tasks:
+            if task in self.binary:
+                table[task] = self.binary[task].compute()
+            elif task in self.regression:
+                units, transformed = self.regression[task]
+                table[task] = units.compute()
+                if transformed.count:
+                    table[task].update(transformed.compute())
+                table[task]["count"] = units.count
+        for task, acc in self.cvr_on_clicked.items():
+            if task in table:
+                metrics = acc.compute()
+                table[task].update({"cvr_auc_on_clicked": metrics["auc"], "cvr_logloss_on_clicked": metrics["logloss"]})
+        return table
+
+
 def task_metrics(outputs: dict[str, np.ndarray], data: EncodedData,
                  encoder: FeatureEncoder) -> dict[str, dict[str, float]]:
-    """task -> metric -> value, each task on its labelled rows only."""
-    table = {}
-    labels = data.labels.numpy()
-    for column, task in enumerate(data.tasks):
-        target = labels[:, column]
-        labelled = ~np.isnan(target)
-        if not labelled.any():
-            continue
-        stats = encoder.labels[task]
-        values = outputs[task][labelled].astype(np.float64)
-        if stats.kind == "binary":
-            table[task] = binary_metrics(target[labelled], 1.0 / (1.0 + np.exp(-values)))
-            continue
-        transformed_pred = encoder.to_transformed(task, values)
-        transformed_label = encoder.to_transformed(task, target[labelled].astype(np.float64))
-        metrics = regression_metrics(_inverse(transformed_label, stats.transform),
-                                     _inverse(transformed_pred, stats.transform))
-        if stats.transform != "none":
-            metrics.update(regression_metrics(transformed_label, transformed_pred, f"_{stats.transform}"))
-        metrics["count"] = int(labelled.sum())
-        table[task] = metrics
-    _add_cvr_on_clicked(table, outputs, data)
-    return table
+    """task -> metric -> value of whole-split outputs (see SplitMetrics)."""
+    metrics = SplitMetrics(encoder, data.tasks)
+    metrics.update(outputs, data.labels.numpy())
+    return metrics.compute()
 
 
-def _add_cvr_on_clicked(table: dict, outputs: dict[str, np.ndarray], data: EncodedData) -> None:
-    """ESMM: `cvr_auc_on_clicked` (and `cvr_logloss_on_clicked`) of the CVR tower's pCVR against the
-    CTCVR label, on the rows whose CTR label is 1, added to the CTCVR task's metrics."""
+def evaluate_split(model: torch.nn.Module, data: EncodedData, encoder: FeatureEncoder, batch_size: int,
+                   precision: torch.dtype | None = None,
+                   on_rows: RowsDone | None = None) -> dict[str, dict[str, float]]:
+    """The metrics of `model` on `data`, batch by batch (the split's outputs are never all held)."""
+    metrics = SplitMetrics(encoder, data.tasks)
     labels = data.labels.numpy()
-    for key, values in outputs.items():
-        pair = parse_cvr_output_key(key)
-        if pair is None or pair[1] not in table:
-            continue
-        ctr, ctcvr = pair
-        target = labels[:, data.tasks.index(ctcvr)]
-        clicked = (labels[:, data.tasks.index(ctr)] == 1) & ~np.isnan(target)
-        if clicked.any():
-            metrics = binary_metrics(target[clicked], 1.0 / (1.0 + np.exp(-values[clicked].astype(np.float64))))
-            table[ctcvr]["cvr_auc_on_clicked"] = metrics["auc"]
-            table[ctcvr]["cvr_logloss_on_clicked"] = metrics["logloss"]
+    for rows, outputs in output_batches(model, data, batch_size, precision, on_rows):
+        metrics.update(outputs, labels[rows])
+    return metrics.compute()
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
 
 
 def _inverse(transformed: np.ndarray, transform: str) -> np.ndarray:

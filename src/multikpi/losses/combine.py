@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -21,7 +22,23 @@ from torch import nn
 from multikpi.config.schema import RunConfig
 
 
-class SumLoss(nn.Module):
+class LossCombiner(Protocol):
+    """The interface of every combiner (checked by mypy), with the shared no-op `end_epoch`."""
+
+    def __call__(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """task -> scalar loss (only the tasks labelled in the batch) -> the scalar to back-propagate."""
+        ...
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        """task -> effective weights (and the learned values behind them), for logs."""
+        ...
+
+    def end_epoch(self) -> None:
+        """Called after every epoch (DWA starts a new period); nothing by default."""
+        return None
+
+
+class SumLoss(nn.Module, LossCombiner):
     """L = Σ_t L_t."""
 
     def __init__(self, tasks: list[str]):
@@ -34,11 +51,8 @@ class SumLoss(nn.Module):
     def weights(self) -> dict[str, dict[str, float]]:
         return {t: {"weight": 1.0} for t in self.tasks}
 
-    def end_epoch(self) -> None:
-        pass
 
-
-class WeightedLoss(nn.Module):
+class WeightedLoss(nn.Module, LossCombiner):
     """L = Σ_t w_t · L_t with fixed, hand-set weights w_t."""
 
     def __init__(self, task_weights: dict[str, float]):
@@ -51,11 +65,8 @@ class WeightedLoss(nn.Module):
     def weights(self) -> dict[str, dict[str, float]]:
         return {t: {"weight": w} for t, w in self.task_weights.items()}
 
-    def end_epoch(self) -> None:
-        pass
 
-
-class UncertaintyWeighting(nn.Module):
+class UncertaintyWeighting(nn.Module, LossCombiner):
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
     One learned log-variance s_t = log σ_t² per task, initialised to `init`.
@@ -98,11 +109,8 @@ class UncertaintyWeighting(nn.Module):
                          "sigma": math.exp(0.5 * s), "log_var": s}
         return out
 
-    def end_epoch(self) -> None:
-        pass
 
-
-class GradNorm(nn.Module):
+class GradNorm(nn.Module, LossCombiner):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
 
     Learned weights w_t (Σ w_t = T). The network is trained on Σ_t w_t·L_t; the weights are trained on
@@ -150,11 +158,8 @@ class GradNorm(nn.Module):
     def weights(self) -> dict[str, dict[str, float]]:
         return {t: {"weight": float(w.detach())} for t, w in self.task_weights.items()}
 
-    def end_epoch(self) -> None:
-        pass
 
-
-class DynamicWeightAverage(nn.Module):
+class DynamicWeightAverage(nn.Module, LossCombiner):
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
 
         w_t(k) = T · exp(r_t(k−1)/τ) / Σ_j exp(r_j(k−1)/τ),   r_t(k−1) = L̄_t(k−1) / L̄_t(k−2)

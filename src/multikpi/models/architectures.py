@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from multikpi.models.blocks import last_linear, mlp, mlp_out_dim
+from multikpi.models.protocols import SharingArchitecture
 
 
-class SharedBottom(nn.Module):
+class SharedBottom(nn.Module, SharingArchitecture):
     """Hard parameter sharing: one MLP whose output every task tower reads.
 
     (B, in_dim) -> {task: (B, hidden[-1])}, the same tensor for every task.
@@ -31,11 +32,8 @@ class SharedBottom(nn.Module):
     def last_shared_layer(self) -> nn.Linear:
         return last_linear(self.mlp)
 
-    def gate_usage(self) -> dict[str, list[float]]:
-        return {}
 
-
-class SeparateNets(nn.Module):
+class SeparateNets(nn.Module, SharingArchitecture):
     """One MLP per task and nothing shared above the input: `single_task` and `esmm`.
 
     (B, in_dim) -> {task: (B, hidden[-1])}. `nets` is a ModuleDict task -> MLP; parameters are
@@ -66,9 +64,6 @@ class SeparateNets(nn.Module):
 
     def last_shared_layer(self) -> nn.Module:
         return self._shared_layer[0]
-
-    def gate_usage(self) -> dict[str, list[float]]:
-        return {}
 
 
 def task_columns(num_columns: int, dim: int, num_dense: int, num_tasks: int) -> torch.Tensor:

@@ -1,19 +1,21 @@
-"""Config -> model. Architectures are chosen through a literal name -> builder dict."""
+"""Model specs -> model. Architectures are chosen through the literal name -> builder dict
+`BUILDERS`, whose keys are those of the catalogue `multikpi.config.architectures.ARCHITECTURES`."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
-from multikpi.config.schema import RunConfig
+from multikpi.config.architectures import ARCHITECTURES
+from multikpi.config.schema import ModelSpec, TaskSpec
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.models.architectures import SeparateNets, SharedBottom, task_columns
 from multikpi.models.blocks import FeatureEmbedding, mlp
-from multikpi.models.experts import MMoE, PLE, ExpertBank, Gate
+from multikpi.models.experts import PLE, ExpertBank, Gate, MMoE
 from multikpi.models.heads import TaskTower, logit_of_rate
 from multikpi.models.multitask import MultiTaskModel
-from multikpi.models.task_graph import TaskGraph
+from multikpi.models.task_graph import Edge, TaskGraph
 
 
 @dataclass(frozen=True)
@@ -28,19 +30,17 @@ class ArchInputs:
         return self.embeddings.out_dim + self.num_dense
 
 
-def _shared_bottom(config: RunConfig, inputs: ArchInputs) -> nn.Module:
-    return SharedBottom(inputs.dim, list(config.model.shared), list(config.tasks), config.model.dropout)
+def _shared_bottom(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+    return SharedBottom(inputs.dim, list(spec.shared), tasks, spec.dropout)
 
 
-def _mmoe(config: RunConfig, inputs: ArchInputs) -> nn.Module:
-    spec = config.model
+def _mmoe(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
     experts = ExpertBank(inputs.dim, list(spec.shared), spec.num_experts, spec.dropout)
-    gates = nn.ModuleDict({t: Gate(inputs.dim, list(spec.gate_hidden), spec.num_experts) for t in config.tasks})
+    gates = nn.ModuleDict({t: Gate(inputs.dim, list(spec.gate_hidden), spec.num_experts) for t in tasks})
     return MMoE(experts=experts, gates=gates)
 
 
-def _ple(config: RunConfig, inputs: ArchInputs) -> nn.Module:
-    spec, tasks = config.model, list(config.tasks)
+def _ple(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
     hidden, gate_hidden = list(spec.shared), list(spec.gate_hidden)
     experts, gates, in_dim = nn.ModuleList(), nn.ModuleList(), inputs.dim
     for level in range(spec.num_levels):
@@ -57,23 +57,22 @@ def _ple(config: RunConfig, inputs: ArchInputs) -> nn.Module:
     return PLE(experts=experts, gates=gates)
 
 
-def _task_nets(config: RunConfig, in_dim: int) -> nn.ModuleDict:
-    return nn.ModuleDict({t: mlp(in_dim, list(config.model.shared), config.model.dropout) for t in config.tasks})
+def _task_nets(spec: ModelSpec, tasks: list[str], in_dim: int) -> nn.ModuleDict:
+    return nn.ModuleDict({t: mlp(in_dim, list(spec.shared), spec.dropout) for t in tasks})
 
 
-def _single_task(config: RunConfig, inputs: ArchInputs) -> nn.Module:
-    columns = task_columns(inputs.embeddings.num_columns, config.model.embedding_dim, inputs.num_dense,
-                           len(config.tasks))
-    return SeparateNets(nets=_task_nets(config, columns.shape[1]), out_dim=config.model.shared[-1],
+def _single_task(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+    columns = task_columns(inputs.embeddings.num_columns, spec.embedding_dim, inputs.num_dense, len(tasks))
+    return SeparateNets(nets=_task_nets(spec, tasks, columns.shape[1]), out_dim=spec.shared[-1],
                         shared_layer=inputs.embeddings, columns=columns)
 
 
-def _esmm(config: RunConfig, inputs: ArchInputs) -> nn.Module:
-    return SeparateNets(nets=_task_nets(config, inputs.dim), out_dim=config.model.shared[-1],
+def _esmm(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+    return SeparateNets(nets=_task_nets(spec, tasks, inputs.dim), out_dim=spec.shared[-1],
                         shared_layer=inputs.embeddings)
 
 
-ARCHITECTURES: dict[str, Callable[[RunConfig, ArchInputs], nn.Module]] = {
+BUILDERS: dict[str, Callable[[ModelSpec, list[str], ArchInputs], nn.Module]] = {
     "shared_bottom": _shared_bottom,
     "mmoe": _mmoe,
     "ple": _ple,
@@ -82,18 +81,25 @@ ARCHITECTURES: dict[str, Callable[[RunConfig, ArchInputs], nn.Module]] = {
 }
 
 
-def build_model(config: RunConfig, encoder: FeatureEncoder) -> MultiTaskModel:
-    """The model for `config`, sized by the fitted `encoder` (vocabularies, dense inputs, base rates)."""
-    spec = config.model
-    if spec.arch not in ARCHITECTURES:
-        raise NotImplementedError(f"model.arch {spec.arch!r} is not built yet; available: {sorted(ARCHITECTURES)}")
+def task_graph(spec: ModelSpec, tasks: Mapping[str, TaskSpec]) -> TaskGraph:
+    """The `inputs_from` edges of the tasks, and ESMM's CTCVR -> CTR pair."""
+    edges = {name: [Edge(up, task.stop_gradient, tasks[up].kind == "binary" and task.upstream_as == "prob")
+                    for up in task.inputs_from] for name, task in tasks.items()}
+    entire_space = {spec.esmm.ctcvr: spec.esmm.ctr} if spec.arch == "esmm" and spec.esmm is not None else {}
+    return TaskGraph.from_edges(list(tasks), edges, entire_space)
+
+
+def build_model(spec: ModelSpec, tasks: Mapping[str, TaskSpec], encoder: FeatureEncoder) -> MultiTaskModel:
+    """The model `spec` describes for `tasks`, sized by the fitted `encoder` (vocabularies, dense
+    inputs, base rates)."""
+    names = list(tasks)
     # single_task: one embedding slice per task (T times wider table), so that no weight is shared.
-    copies = len(config.tasks) if spec.arch == "single_task" else 1
+    copies = len(names) if ARCHITECTURES[spec.arch].embedding_copies_per_task else 1
     embeddings = FeatureEmbedding(encoder.vocab_sizes, spec.embedding_dim * copies)
-    shared = ARCHITECTURES[spec.arch](config, ArchInputs(embeddings, encoder.num_dense_inputs))
-    graph = TaskGraph.from_config(config)
+    shared = BUILDERS[spec.arch](spec, names, ArchInputs(embeddings, encoder.num_dense_inputs))
+    graph = task_graph(spec, tasks)
     heads = nn.ModuleDict()
-    for task in config.tasks:
+    for task in names:
         heads[task] = TaskTower(shared.out_dim + graph.num_inputs(task), list(spec.tower), spec.dropout,
                                 _output_bias(task, encoder, graph))
     return MultiTaskModel(embeddings, shared, heads, graph)

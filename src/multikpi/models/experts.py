@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from multikpi.models.blocks import mlp, mlp_out_dim
+from multikpi.models.protocols import SharingArchitecture
 
 
 class BatchedLinear(nn.Module):
@@ -90,7 +91,7 @@ def _usage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {task: w.detach().float().mean(dim=0) for task, w in weights.items()}
 
 
-class MMoE(nn.Module):
+class MMoE(nn.Module, SharingArchitecture):
     """Multi-gate Mixture-of-Experts (Ma, Zhao, Yi, Chen, Hong & Chi, KDD 2018, eq. 5-6).
 
         f^t(x) = Σ_e g^t(x)_e · f_e(x),   g^t(x) = softmax(W_t x)
@@ -127,7 +128,7 @@ class MMoE(nn.Module):
         return self.experts.last_layer()
 
 
-class PLE(nn.Module):
+class PLE(nn.Module, SharingArchitecture):
     """Progressive Layered Extraction with Customized Gate Control (Tang, Liu, Zhao & Gong,
     RecSys 2020, eq. 2-5).
 

@@ -6,12 +6,11 @@ label, and task B must not bend A's estimate to suit B.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from multikpi.config.schema import RunConfig
-from multikpi.config.validate import task_order
 from multikpi.models.esmm import ctcvr_logit, cvr_output_key
 
 
@@ -35,16 +34,16 @@ class TaskGraph:
     entire_space: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> "TaskGraph":
-        edges = {}
-        for name, task in config.tasks.items():
-            edges[name] = tuple(
-                Edge(up, task.stop_gradient, config.tasks[up].kind == "binary" and task.upstream_as == "prob")
-                for up in task.inputs_from
-            )
-        esmm = config.model.esmm if config.model.arch == "esmm" else None
-        entire_space = {esmm.ctcvr: esmm.ctr} if esmm is not None else {}
-        return cls(order=tuple(task_order(config)), edges=edges, entire_space=entire_space)
+    def from_edges(cls, tasks: Sequence[str], edges: Mapping[str, Sequence[Edge]],
+                   entire_space: Mapping[str, str] | None = None) -> TaskGraph:
+        """tasks: every task, in config order; edges: task -> the edges feeding its tower (tasks
+        without any may be left out); entire_space: ESMM's CTCVR task -> its CTR task. The edges
+        must not form a cycle (the config validation rejects one)."""
+        entire_space = dict(entire_space or {})
+        all_edges = {t: tuple(edges.get(t, ())) for t in tasks}
+        upstream = {t: [e.upstream for e in all_edges[t]] + ([entire_space[t]] if t in entire_space else [])
+                    for t in tasks}
+        return cls(order=topological_order(list(tasks), upstream), edges=all_edges, entire_space=entire_space)
 
     def task_outputs(self, task: str, logit: torch.Tensor, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The outputs that `task`'s tower logit (B,) gives: {task: logit}, or for ESMM's CTCVR task
@@ -70,3 +69,21 @@ class TaskGraph:
                 estimate = estimate.detach()
             columns.append(torch.sigmoid(estimate) if edge.as_prob else estimate)
         return torch.stack(columns, dim=1)
+
+
+def topological_order(tasks: list[str], upstream: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """Tasks with every upstream task before the tasks it feeds; otherwise in the given order."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for parent in upstream.get(name, ()):
+            visit(parent)
+        order.append(name)
+
+    for name in tasks:
+        visit(name)
+    return tuple(order)

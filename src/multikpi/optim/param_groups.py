@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from multikpi.config.architectures import ARCHITECTURES, subnet_names
 from multikpi.config.schema import GroupOptimizerSpec, OptimizerSpec, RunConfig
-from multikpi.config.validate import ARCH_SUBNETS, PER_TASK_NETS, subnet_names
 from multikpi.errors import ConfigError
 
 
@@ -30,12 +30,13 @@ class ParamGroup:
 
 def group_prefixes(config: RunConfig) -> dict[str, str]:
     """Parameter-name prefix -> group name, for the model plus the combiner (prefixed `loss.`)."""
+    row = ARCHITECTURES[config.model.arch]
     prefixes = {"embeddings.": "embeddings", "loss.": "loss"}
-    for subnet in ARCH_SUBNETS[config.model.arch]:
+    for subnet in row.subnets:
         prefixes[f"shared.{subnet}." if subnet != "shared" else "shared."] = subnet
     for task in config.tasks:
         prefixes[f"heads.{task}."] = f"heads.{task}"
-        if config.model.arch in PER_TASK_NETS:
+        if row.per_task_nets:
             prefixes[f"shared.nets.{task}."] = f"heads.{task}"
     return prefixes
 
@@ -85,5 +86,5 @@ def build_param_groups(config: RunConfig, model: nn.Module, combiner: nn.Module)
     assigned = assign_groups(named, group_prefixes(config))
     return [
         ParamGroup(group, tuple(by_name[n] for n in names), tuple(names), resolve_settings(config, group))
-        for group in subnet_names(config) if (names := assigned.get(group))
+        for group in subnet_names(config.model.arch, list(config.tasks)) if (names := assigned.get(group))
     ]

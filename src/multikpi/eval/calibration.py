@@ -25,10 +25,8 @@ nearly every row would fall into the first bin.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +38,6 @@ from multikpi.eval.evaluate import model_outputs
 
 logger = logging.getLogger("multikpi")
 
-CALIBRATION_FILE = "calibration.json"
 N_BINS = 10
 METHODS = ("none", "isotonic", "platt")
 _EPS = 1e-7
@@ -72,7 +69,7 @@ class TaskCalibrator:
                 "platt": {"a": self.platt_a, "b": self.platt_b}}
 
     @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> "TaskCalibrator":
+    def from_json(cls, payload: dict[str, Any]) -> TaskCalibrator:
         x = np.asarray(payload["isotonic"]["x"], dtype=np.float64)
         y = np.asarray(payload["isotonic"]["y"], dtype=np.float64)
         if x.shape != y.shape or x.size == 0 or np.any(np.diff(x) < 0):
@@ -183,19 +180,11 @@ def calibrate_run(model: torch.nn.Module, splits: dict[str, EncodedData], encode
 
 
 def calibrators_from_json(payload: dict[str, Any]) -> dict[str, TaskCalibrator]:
-    return {task: TaskCalibrator.from_json(entry) for task, entry in payload["tasks"].items()}
-
-
-def load_calibrators(run_dir: Path, files: dict[str, str] | None = None) -> dict[str, TaskCalibrator] | None:
-    """The run's calibrators, or None when it has none. `files`: the verified manifest listing;
-    a calibration file that the manifest does not list is ignored."""
-    path = Path(run_dir) / CALIBRATION_FILE
-    if not path.is_file() or (files is not None and CALIBRATION_FILE not in files):
-        return None
+    """The calibration.json payload -> task -> calibrator. ArtifactError when it is malformed."""
     try:
-        return calibrators_from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"{str(path)!r} is not a valid calibration file: {err}") from None
+        return {task: TaskCalibrator.from_json(entry) for task, entry in payload["tasks"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ArtifactError(f"the run's calibration.json is not a valid calibration file: {err}") from None
 
 
 def resolve_method(setting: str, calibrators: dict[str, TaskCalibrator] | None) -> str:

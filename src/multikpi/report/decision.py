@@ -12,6 +12,8 @@ import pyarrow.csv as pacsv
 import yaml
 
 from multikpi.decide.tune import Trial, TuneResult
+from multikpi.extras import import_extra
+from multikpi.report.tables import render_table
 
 MAX_TABLE_ROWS = 20
 MAX_PANELS = 3
@@ -43,9 +45,8 @@ def tradeoff_table(result: TuneResult) -> str:
     weights = list(result.chosen.params)
     names = list(result.front_metrics)
     header = ["trial"] + weights + names + ["feasible", ""]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_cells = ["baseline"] + ["" for _ in weights] + [f"{result.baseline[n]:.4f}" for n in names]
-    lines.append("| " + " | ".join(base_cells + ["yes", f"`{result.baseline_formula}`"]) + " |")
+    table: list[list[object]] = [base_cells + ["yes", f"`{result.baseline_formula}`"]]
     by_number = {t.number: t for t in result.trials}
     rows = [by_number[n] for n in result.front]
     if result.chosen.number not in result.front:
@@ -58,8 +59,8 @@ def tradeoff_table(result: TuneResult) -> str:
         cells = [str(trial.number)] + [f"{trial.params[w]:g}" for w in weights]
         cells += [_with_change(trial.metrics[n], result.baseline[n]) for n in names]
         note = "**chosen**" if trial is result.chosen else ""
-        lines.append("| " + " | ".join(cells + ["yes" if trial.feasible else "no", note]) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells + ["yes" if trial.feasible else "no", note])
+    return render_table(header, table, style="markdown") + "\n"
 
 
 def _with_change(value: float, baseline: float) -> str:
@@ -99,8 +100,7 @@ def pareto_png(result: TuneResult) -> bytes:
     """The objective (y) against each other trade-off metric (x), one panel per pair: every trial
     (feasible dots, infeasible crosses), the 2-D Pareto front of the feasible trials, the baseline,
     the chosen trial, and the constraint thresholds."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "the Pareto plot of tune-decision")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

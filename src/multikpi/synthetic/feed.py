@@ -42,8 +42,8 @@ convert         int8    1 if converted (~0.4% of rows, ~8% of clicks); 0 unless
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa

@@ -1,29 +1,29 @@
 """Crash-safe checkpoints and exact resume.
 
 A checkpoint holds everything the loop needs to continue as if it had never stopped: model,
-combiner, optimizers and schedulers, the global torch RNG state, the shuffling generator's state at
-the start of the current epoch plus the number of batches already done in it, the step counter,
-the partial epoch loss sums, and the history so far. It is written with torch.save to a temporary
+combiner, optimizers and schedulers, the global torch RNG state, the number of batches already done
+in the current epoch (the batch source's order is a function of the seed and the epoch alone), the
+step counter, the partial epoch loss sums, and the history so far. It is written with torch.save to a temporary
 file, fsync'ed and renamed over `checkpoint.pt`, so a crash at any moment leaves the previous
 checkpoint intact; it is read back with `torch.load(weights_only=True)` (no arbitrary pickles).
 """
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
-from multikpi.config.schema import RunConfig
+from multikpi.artifacts.files import write_atomic
+from multikpi.artifacts.run_dir import CHECKPOINT
 from multikpi.errors import ArtifactError
 from multikpi.optim.build import OptimizerSet
 
-CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -33,10 +33,9 @@ class LoopState:
     epoch: int = 1
     batches_done: int = 0
     step: int = 0
-    epoch_generator_state: torch.Tensor | None = None
     epoch_loss_sums: dict[str, list[float]] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    epochs_log: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_log: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner: nn.Module,
@@ -48,7 +47,6 @@ def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner:
         "combiner": combiner.state_dict(),
         "optimizers": optimizers.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "epoch_generator_state": state.epoch_generator_state,
         "epoch": state.epoch,
         "batches_done": state.batches_done,
         "step": state.step,
@@ -58,16 +56,7 @@ def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner:
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    path = run_dir / CHECKPOINT
-    tmp = path.with_name(f".{CHECKPOINT}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path, model: nn.Module, combiner: nn.Module, optimizers: OptimizerSet) -> LoopState:
@@ -89,18 +78,18 @@ def load_checkpoint(run_dir: Path, model: nn.Module, combiner: nn.Module, optimi
     torch.set_rng_state(payload["torch_rng"])
     return LoopState(
         epoch=payload["epoch"], batches_done=payload["batches_done"], step=payload["step"],
-        epoch_generator_state=payload["epoch_generator_state"], epoch_loss_sums=payload["epoch_loss_sums"],
-        history=payload["history"], epochs_log=payload["epochs_log"],
+        epoch_loss_sums=payload["epoch_loss_sums"], history=payload["history"], epochs_log=payload["epochs_log"],
     )
 
 
-def check_resumable(run_dir: Path, config: RunConfig) -> None:
-    """The run to resume must have been started with the same config (apart from `out_dir`)."""
+def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """The run to resume must have been started with the same resolved config (`model_dump(mode="json")`),
+    apart from `out_dir`."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ArtifactError(f"cannot resume: {str(run_dir)!r} has no config.yaml (was a run started there?)")
     stored = yaml.safe_load(path.read_text())
-    current = config.model_dump(mode="json")
+    current = resolved
     differing = sorted(k for k in set(stored) | set(current) if k != "out_dir" and stored.get(k) != current.get(k))
     if differing:
         raise ArtifactError(f"cannot resume {str(run_dir)!r}: the config differs from the stored one in "

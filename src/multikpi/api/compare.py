@@ -22,15 +22,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from multikpi.artifacts.files import write_atomic, write_json
+from multikpi.artifacts.metrics import RunMetrics
+from multikpi.config.architectures import ARCHITECTURES, arch_model_keys, subnet_names
 from multikpi.config.load import apply_overrides, config_from_dict
 from multikpi.config.schema import ModelSpec, RunConfig
-from multikpi.config.validate import ARCH_MODEL_KEYS, ARCH_SUBNETS
 from multikpi.errors import ConfigError
-from multikpi.serve.artifact import write_atomic, write_json
-from multikpi.train.loop import train
+from multikpi.report.compare import render_markdown
+from multikpi.training.recipe import train
 
 logger = logging.getLogger("multikpi")
 BASELINE = "single_task"
@@ -39,7 +42,7 @@ BASELINE = "single_task"
 def parse_archs(text: str) -> list[str]:
     """"single_task,mmoe" -> ["single_task", "mmoe"]. ConfigError on an unknown, repeated or empty list."""
     archs = [a.strip() for a in text.split(",") if a.strip()]
-    allowed = list(ARCH_SUBNETS)
+    allowed = list(ARCHITECTURES)
     unknown = [a for a in archs if a not in allowed]
     if unknown or not archs:
         raise ConfigError([f"`--archs` must be a comma-separated list of {allowed}. Got {unknown or text!r}"],
@@ -55,13 +58,13 @@ def arch_config(raw: dict | RunConfig, arch: str, seed: int, log: bool = False) 
     model keys the arch does not read reset and the optimizer groups it does not have dropped."""
     raw = raw.model_dump(mode="json") if isinstance(raw, RunConfig) else apply_overrides(raw, ())  # a copy
     model = raw.setdefault("model", {}) if isinstance(raw.get("model", {}), dict) else {}
-    reset = [k for k, archs in ARCH_MODEL_KEYS.items() if arch not in archs and k in model]
+    reset = [k for k, archs in arch_model_keys().items() if arch not in archs and k in model]
     changed = [k for k in reset if model[k] != ModelSpec.model_fields[k].get_default(call_default_factory=True)]
     for key in reset:
         del model[key]
     model["arch"] = arch
     tasks = raw.get("tasks") if isinstance(raw.get("tasks"), dict) else {}
-    allowed = {"embeddings", "loss", *ARCH_SUBNETS[arch], *(f"heads.{t}" for t in tasks)}  # = subnet_names
+    allowed = set(subnet_names(arch, list(tasks)))
     optim = raw.get("optim")
     groups = optim.get("groups") if isinstance(optim, dict) else None
     dropped = [g for g in groups if g not in allowed] if isinstance(groups, dict) else []
@@ -94,7 +97,7 @@ def compare(raw: dict | RunConfig, archs: list[str], seeds: int, out_dir: str | 
     out_dir = Path(out_dir)
     seed_values = [_base_seed(raw) + k for k in range(seeds)]
     configs = arch_configs(raw, archs, seed_values)
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[RunMetrics]] = {}
     for arch in archs:
         for arch_seed_config in configs[arch]:
             seed = arch_seed_config.train.seed
@@ -123,10 +126,10 @@ def main_metric(config: RunConfig, task: str) -> str:
     return "pearson" if spec.transform == "none" else f"pearson_{spec.transform}"
 
 
-def summarize(config: RunConfig, runs: dict[str, list[dict]], seeds: list[int]) -> dict:
-    """arch -> per-seed metrics.json contents -> one row per (arch, task) with mean, std and gain."""
-    split = next(s for s in ("test", "valid", "train") if s in next(iter(runs.values()))[0])
-    values = {arch: {task: [m[split].get(task, {}).get(main_metric(config, task), math.nan) for m in metrics]
+def summarize(config: RunConfig, runs: dict[str, list[RunMetrics]], seeds: list[int]) -> dict[str, Any]:
+    """arch -> per-seed RunMetrics -> one row per (arch, task) with mean, std and gain."""
+    split = next(s for s in ("test", "valid", "train") if s in next(iter(runs.values()))[0].splits)
+    values = {arch: {task: [m.splits[split].get(task, {}).get(main_metric(config, task), math.nan) for m in metrics]
                      for task in config.tasks} for arch, metrics in runs.items()}
     rows = []
     for arch in runs:
@@ -136,7 +139,7 @@ def summarize(config: RunConfig, runs: dict[str, list[dict]], seeds: list[int]) 
             if BASELINE in runs and arch != BASELINE:
                 row.update(_gain(values[arch][task], values[BASELINE][task]))
             rows.append(row)
-    gates = {arch: [m["gate_usage"] for m in metrics if "gate_usage" in m] for arch, metrics in runs.items()}
+    gates = {arch: [m.gate_usage for m in metrics if m.gate_usage] for arch, metrics in runs.items()}
     return {"split": split, "seeds": seeds, "archs": list(runs), "baseline": BASELINE if BASELINE in runs else None,
             "rows": rows, "gate_usage": {a: g for a, g in gates.items() if g}}
 
@@ -156,38 +159,3 @@ def _mean(values: list[float]) -> float:
 def _std(values: list[float]) -> float:
     """Sample standard deviation over seeds; NaN with fewer than two seeds."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
-def render_markdown(result: dict) -> str:
-    """The comparison as a Markdown table, one row per (arch, task)."""
-    seeds = result["seeds"]
-    lines = [f"Per-task {result['split']} metrics over {len(seeds)} seed(s) {seeds}: "
-             "mean ± std (sample std over seeds).", ""]
-    with_gain = result["baseline"] is not None
-    header = ["arch", "task", "metric", "mean ± std"]
-    if with_gain:
-        header += ["gain vs single_task", "gain %", "negative transfer"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in result["rows"]:
-        cells = [row["arch"], row["task"], row["metric"], f"{row['mean']:.4f} ± {_fmt_std(row['std'])}"]
-        if with_gain:
-            cells += _gain_cells(row)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    if with_gain:
-        lines.append("Gain: paired by seed, arch − single_task. Negative transfer: the gain is below 0 by more "
-                     "than one std of the per-seed gains (with one seed: below 0).")
-    else:
-        lines.append("single_task is not among the archs: no MTL gain columns (add it to --archs to get them).")
-    return "\n".join(lines) + "\n"
-
-
-def _gain_cells(row: dict) -> list[str]:
-    if "gain" not in row:
-        return ["–", "–", ""]
-    flag = "yes" if row["negative_transfer"] else ""
-    return [f"{row['gain']:+.4f} ± {_fmt_std(row['gain_std'])}", f"{row['gain_pct']:+.2f}%", flag]
-
-
-def _fmt_std(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:.4f}"

@@ -9,8 +9,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from multikpi.config.schema import RunConfig
-from multikpi.data.encoders import FeatureEncoder
 from multikpi.errors import TrainingError
 
 BYTES_PER_ACTIVATION = 4 * 4  # float32 value, its gradient, a bf16 copy and slack for temporaries
@@ -35,19 +33,19 @@ def step_bytes(model: nn.Module, batch_rows: int, input_width: int) -> int:
     return batch_rows * widths * BYTES_PER_ACTIVATION + params * 4 * 4
 
 
-def check_memory(config: RunConfig, encoder: FeatureEncoder, model: nn.Module, train_rows: int) -> None:
-    """Raise TrainingError when one step at `train.batch_size` cannot fit in the available memory."""
+def check_memory(model: nn.Module, batch_size: int, train_rows: int, input_width: int) -> None:
+    """Raise TrainingError when one step of `batch_size` rows (of `input_width` model inputs each)
+    cannot fit in the available memory."""
     available = available_bytes()
     if available is None:
         return
-    rows = min(config.train.batch_size, train_rows)
-    input_width = model.embeddings.out_dim + encoder.num_dense_inputs
+    rows = min(batch_size, train_rows)
     needed = step_bytes(model, rows, input_width)
     if needed > 0.9 * available:
         fits = int((0.9 * available - step_bytes(model, 0, input_width)) // max(step_bytes(model, 1, input_width)
                                                                              - step_bytes(model, 0, input_width), 1))
         raise TrainingError(
-            f"`train.batch_size` {config.train.batch_size} needs about {needed / 2**30:.1f} GiB for one step; "
+            f"`train.batch_size` {batch_size} needs about {needed / 2**30:.1f} GiB for one step; "
             f"{available / 2**30:.1f} GiB is available. Use a batch size of at most {max(fits, 0):,}")
 
 

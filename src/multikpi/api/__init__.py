@@ -6,15 +6,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from multikpi.artifacts.run_dir import serving_settings
 from multikpi.config.load import config_from_dict, load_config
 from multikpi.config.schema import RunConfig
 from multikpi.data.tabular import open_columns
-from multikpi.eval.evaluate import model_outputs, task_metrics
+from multikpi.eval.calibration import calibrators_from_json
+from multikpi.eval.evaluate import evaluate_split
 from multikpi.serve.predictor import Predictor
-from multikpi.train.loop import train as _train_loop
-from multikpi.train.run import Run, needed_columns
+from multikpi.training.recipe import train as _train_recipe
+from multikpi.training.run import Run
 
-__all__ = ["evaluate", "load_config", "predict", "rank", "train"]
+__all__ = ["evaluate", "load_config", "predict", "predictor_of", "rank", "train"]
 
 
 def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
@@ -26,17 +28,23 @@ def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] 
         config = load_config(config, overrides)
     elif isinstance(config, dict):
         config = config_from_dict(config)
-    return _train_loop(config, out_dir, resume)
+    return _train_recipe(config, out_dir, resume)
+
+
+def predictor_of(run: Run) -> Predictor:
+    """A Predictor over a Run still in memory: the same predictions as `Predictor.load(run.run_dir)`."""
+    calibrators = calibrators_from_json(run.calibration) if run.calibration is not None else None
+    return Predictor(config=run.config, encoder=run.encoder, model=run.model, serving=serving_settings(run.config),
+                     calibrators=calibrators, version=run.version)
 
 
 def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float]]:
     """Per-task metrics of a finished run on a labelled Parquet/CSV file: task -> metric -> value."""
     predictor = Predictor.load(run_dir)
-    table = open_columns(data, needed_columns(predictor.config))
+    table = open_columns(data, predictor.encoder.needed_columns())
     encoded = predictor.encoder.encode(table)
-    outputs = model_outputs(predictor.model, encoded, predictor.config.train.eval_batch_size,
-                            predictor.precision, progress=True)
-    return task_metrics(outputs, encoded, predictor.encoder)
+    return evaluate_split(predictor.model, encoded, predictor.encoder, predictor.serving.batch_size,
+                          predictor.precision)
 
 
 def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | None = None,
@@ -59,5 +67,5 @@ def rank(run_dir: str | Path, data: str | Path, group: str, top_k: int | None = 
     decide = decide_spec(predictor, config)
     formula = score_formula(decide, predictor.tasks, score)
     candidates = load_candidates(predictor, data, group, decide.calibration, with_labels=False)
-    ids = [c for c in predictor.config.data.id_columns if c in candidates.table.column_names]
+    ids = [c for c in predictor.serving.id_columns if c in candidates.table.column_names]
     return ranked_table(candidates, evaluate_scores(formula, candidates), group, top_k or decide.top_k, ids)

@@ -1,0 +1,45 @@
+"""Atomic file writes: every artifact goes to a temporary name in the same directory, is fsync'ed,
+and is renamed over its final name, so a crash never leaves a half-written file under that name."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync it, and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_atomic(path, json.dumps(payload, indent=1, allow_nan=True).encode())
+
+
+def write_yaml(path: Path, payload: Any) -> None:
+    write_atomic(path, yaml.safe_dump(payload, sort_keys=False).encode())
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,73 @@
+"""metrics.json, read and written through one typed object.
+
+    {"format": 2,
+     "splits": {"train" | "valid" | "test": {task: {metric: value}}},
+     "loss_weights": {task: {name: value}},        effective combiner weights at the end
+     "timing": {"total_seconds": s, "train_examples_per_second": r},
+     "calibration": {...} | null,                  fitted on valid (multikpi.eval.calibration)
+     "gate_usage": {task: [weight per expert]} | null}   mmoe / ple, mean over the last epoch
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multikpi.artifacts.files import write_atomic
+from multikpi.errors import ArtifactError
+
+FORMAT = 2
+SplitMetrics = dict[str, dict[str, float]]  # task -> metric -> value
+
+
+@dataclass
+class RunMetrics:
+    """What a run measured. `splits[split][task][metric]`, e.g. `splits["test"]["click"]["auc"]`."""
+
+    splits: dict[str, SplitMetrics] = field(default_factory=dict)
+    loss_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    gate_usage: dict[str, list[float]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "splits": self.splits, "loss_weights": self.loss_weights, "timing": self.timing,
+                "calibration": self.calibration, "gate_usage": self.gate_usage}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> RunMetrics:
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"metrics format must be {FORMAT}")
+        return cls(splits=payload["splits"], loss_weights=payload["loss_weights"], timing=payload["timing"],
+                   calibration=payload.get("calibration"), gate_usage=payload.get("gate_usage"))
+
+    def save(self, path: Path) -> None:
+        """Atomic write; NaN metrics (an AUC of a one-class split) are written as JSON null."""
+        write_atomic(path, json.dumps(_nan_to_none(self.to_json()), indent=1, allow_nan=False).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> RunMetrics:
+        try:
+            return cls.from_json(_none_to_nan(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ArtifactError(f"{str(path)!r} is not a valid metrics file: {err}") from None
+
+
+def _nan_to_none(node: Any) -> Any:
+    if isinstance(node, float) and not math.isfinite(node):
+        return None
+    if isinstance(node, dict):
+        return {k: _nan_to_none(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_nan_to_none(v) for v in node]
+    return node
+
+
+def _none_to_nan(node: Any) -> Any:
+    """Inside `splits`, null metric values read back as NaN."""
+    if isinstance(node, dict) and "splits" in node and isinstance(node["splits"], dict):
+        node["splits"] = {s: {t: {m: (math.nan if v is None else v) for m, v in metrics.items()}
+                              for t, metrics in tasks.items()} for s, tasks in node["splits"].items()}
+    return node

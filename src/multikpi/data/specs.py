@@ -1,0 +1,27 @@
+"""What the data layer needs to know about the columns, as plain values: the encoders take these,
+not the run's config (the training recipe builds them from it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Input columns. `log1p` names dense columns to log1p before standardizing; ids seen fewer than
+    `min_frequency` times in train map to out-of-vocabulary."""
+
+    categorical: tuple[str, ...] = ()
+    dense: tuple[str, ...] = ()
+    log1p: tuple[str, ...] = ()
+    min_frequency: int = 1
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One task's label. kind: "binary" | "regression"; transform: "none" | "log1p" (regression);
+    train_on: a binary task whose label must be 1 for this task to have a label."""
+
+    kind: str
+    column: str
+    transform: str = "none"
+    train_on: str | None = None

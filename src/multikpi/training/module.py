@@ -1,0 +1,58 @@
+"""The training module: the model, the per-task losses and the combiner in one nn.Module that
+returns the loss (torchrec's `DLRMTrain` pattern). The recipe, the benchmarks and the tests build it
+with `build_training`; a DistributedDataParallel wrapper wraps it whole, learned loss weights included."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from multikpi.config.schema import RunConfig
+from multikpi.data.batches import Batch
+from multikpi.data.encoders import FeatureEncoder
+from multikpi.losses.combine import LossCombiner, build_combiner
+from multikpi.losses.task_losses import task_losses
+from multikpi.models.build import build_model
+from multikpi.models.multitask import MultiTaskModel
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One forward pass: `total` (scalar to back-propagate; None when no task had a labelled row),
+    `losses` task -> scalar raw loss (labelled tasks only), `outputs` task -> (B,) logits or
+    standardized values."""
+
+    total: torch.Tensor | None
+    losses: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+
+class MultiTaskTraining(nn.Module):
+    """model: logits per task; combiner: per-task losses -> one scalar; kinds: task -> binary | regression.
+
+    forward(batch) -> StepOutput. Parameters: `model.*` and `combiner.*`."""
+
+    def __init__(self, *, model: MultiTaskModel, combiner: nn.Module, kinds: dict[str, str]):
+        super().__init__()
+        self.model = model
+        self.combiner = combiner
+        self.kinds = dict(kinds)
+
+    @property
+    def loss_combiner(self) -> LossCombiner:
+        combiner: LossCombiner = self.combiner  # type: ignore[assignment]
+        return combiner
+
+    def forward(self, batch: Batch) -> StepOutput:
+        outputs = self.model(batch)  # logits and output units are float32 whatever the autocast dtype
+        losses = task_losses(outputs, batch.labels, self.kinds)
+        total = self.loss_combiner(losses) if losses else None
+        return StepOutput(total, losses, outputs)
+
+
+def build_training(config: RunConfig, encoder: FeatureEncoder) -> MultiTaskTraining:
+    """The model `config` describes, sized by `encoder`, with its losses and combiner."""
+    model = build_model(config.model, config.tasks, encoder)
+    combiner = build_combiner(config, model.shared.last_shared_layer().weight)
+    return MultiTaskTraining(model=model, combiner=combiner, kinds={t: s.kind for t, s in config.tasks.items()})
