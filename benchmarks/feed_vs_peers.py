@@ -132,6 +132,35 @@ def markdown(table: list[dict], peak_gflops: float) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- feed_vs_peers:table:begin -->", "<!-- feed_vs_peers:table:end -->"
+INTRO = ("# Speed against the peers\n\nProduced by `make bench` (benchmarks/feed_vs_peers.py) in one run: the standard "
+         "feed benchmark (1M train, 200k test rows), 1 epoch, batch 4096, 2 threads, every system in its own process, "
+         "alternating peer / multikpi per repeat. Ratios use medians over the repeats of this run.\n\n")
+
+
+def merged(key: str, new: list[dict], models: list[str]) -> list[dict]:
+    """This run's `key` entries ("table" rows or "runs"), plus those of other models kept from the
+    previous feed_vs_peers.json, grouped by model in the order the models first appear."""
+    previous = RESULTS / "feed_vs_peers.json"
+    old = json.loads(previous.read_text()).get(key, []) if previous.exists() else []
+    rows = [r for r in old if r["model"] not in models] + new
+    order = list(dict.fromkeys(r["model"] for r in old + new))
+    return sorted(rows, key=lambda r: order.index(r["model"]))
+
+
+def write_doc(doc: Path, text: str) -> None:
+    """Replace only the block between the table markers; the hand-written text around it stays.
+    A page without the markers gets them appended (nothing is deleted)."""
+    block = f"{BEGIN}\n{text}\n{END}"
+    old = doc.read_text() if doc.exists() else INTRO
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + block + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(new)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peer-python", default=str(ROOT / ".bench-venv/bin/python"))
@@ -154,21 +183,13 @@ def main() -> None:
         train, test = ensure_data(sys.executable, Path(args.data_dir))
         peak = matmul_peak(sys.executable)
         rows = run_all(args, train, test)
-    table = summarize(rows, peak)
+    table = merged("table", summarize(rows, peak), args.models)
+    rows = merged("runs", rows, args.models)
     text = markdown(table, peak)
     print(text)
     (RESULTS / "feed_vs_peers.json").write_text(json.dumps({"peak_gflops": peak, "runs": rows, "table": table},
                                                            indent=1))
-    doc = (ROOT / "docs/benchmarks.md")
-    doc.write_text("# Speed against the peers\n\nProduced by `make bench` (benchmarks/feed_vs_peers.py) in one run: "
-                   "the standard feed benchmark (1M train, 200k test "
-                   "rows), 1 epoch, batch 4096, 2 threads, every system in its own process, alternating "
-                   "peer / multikpi per repeat. Ratios use medians over the repeats of this run.\n\n"
-                   "multikpi uses its defaults (bf16 autocast on CPUs with native bf16, fp32 weights); the "
-                   "FLOP bound is the fp32 one. `predict rows/s` is the model's batch prediction over the "
-                   "encoded 200k test rows at batch 4096 (DeepCTR: `predict()`); load+encode is reading and "
-                   "encoding the 1M-row training file (peers: the shared preprocessing of train and test).\n\n"
-                   + text + "\n")
+    write_doc(ROOT / "docs/benchmarks.md", text)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,10 @@ import torch  # noqa: E402
 
 from multikpi.config import config_from_dict  # noqa: E402
 from multikpi.data import FeatureEncoder, shuffled_batches  # noqa: E402
-from multikpi.losses import build_combiner, task_losses  # noqa: E402
-from multikpi.models import build_model  # noqa: E402
 from multikpi.optim import build_optimizers, build_param_groups  # noqa: E402
 from multikpi.synthetic.mmoe import mmoe_synthetic_arrays, mmoe_synthetic_world  # noqa: E402
-from multikpi.training.setup import encoder_specs
+from multikpi.training import build_training, train_step  # noqa: E402
+from multikpi.training.setup import encoder_specs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 100
@@ -82,18 +81,14 @@ def train_curve(config, train_table: pa.Table, test_table: pa.Table, y_test: np.
     encoder, train = FeatureEncoder.fit_encode(train_table, *encoder_specs(config))
     test = encoder.encode(test_table)
     torch.manual_seed(seed)
-    model = build_model(config.model, config.tasks, encoder)
-    combiner = build_combiner(config, model.shared.last_shared_layer().weight)
-    optimizers = build_optimizers(build_param_groups(config, model, combiner), args.steps)
-    kinds = {t: s.kind for t, s in config.tasks.items()}
+    training = build_training(config, encoder)
+    model = training.model
+    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), args.steps)
     generator = torch.Generator().manual_seed(seed)
     curve, step = [test_loss(model, encoder, test, y_test)], 0
     while step < args.steps:
         for batch in shuffled_batches(train, args.batch_size, generator):
-            total = combiner(task_losses(model(batch), batch.labels, kinds))
-            optimizers.zero_grad()
-            total.backward()
-            optimizers.step()
+            train_step(training, optimizers, batch)
             step += 1
             if step % args.eval_every == 0:
                 curve.append(test_loss(model, encoder, test, y_test))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from multikpi.api import predictor_of
 from multikpi.cli.main import _use_returning_allocator
 from multikpi.config import load_config
 from multikpi.data import FeatureEncoder, read_table
@@ -41,7 +42,7 @@ def time_load_encode(config) -> float:
 
 def time_predict(run, test_path: str, batch: int) -> tuple[float, float]:
     """(model-only rows/s on encoded test rows at `batch`, end-to-end rows/s from the Parquet file)."""
-    predictor = run.predictor()
+    predictor = predictor_of(run)
     encoded = predictor.encoder.encode(read_table(test_path, needed_columns(run.config)), with_labels=False)
     precision = resolve_precision(run.config.train.precision, torch.device("cpu"))
     model_outputs(predictor.model, encoded, batch, precision)  # warm-up

@@ -18,6 +18,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "multikpi.cli.main", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_end_to_end(tmp_path, tiny_config):
     data = tmp_path / "data"
     for split, seed in (("train", 0), ("valid", 1)):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from multikpi.config import RunConfig, apply_overrides, config_from_dict, load_config, task_order
+from multikpi.config import RunConfig, apply_overrides, config_from_dict, load_config
 from multikpi.errors import ConfigError, MultiKPIError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,15 +181,6 @@ def test_self_loop_is_a_cycle():
     config["tasks"]["dwell"]["inputs_from"] = ["dwell"]
     with pytest.raises(ConfigError, match=r"must not form a cycle\. Got dwell -> dwell$"):
         config_from_dict(config)
-
-
-def test_task_order_puts_upstream_first():
-    config = raw()
-    config["tasks"]["click"]["inputs_from"] = ["dwell"]
-    config["tasks"]["convert"]["inputs_from"] = ["click", "dwell"]
-    order = task_order(config_from_dict(config))
-    assert sorted(order) == ["click", "convert", "dwell"]
-    assert order.index("dwell") < order.index("click") < order.index("convert")
 
 
 def test_train_on_a_regression_task():

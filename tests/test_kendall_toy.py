@@ -20,6 +20,7 @@ def _toy_data():
     return x.astype(np.float32), y1.astype(np.float32), y2.astype(np.float32)
 
 
+@pytest.mark.slow
 def test_kendall_toy_learns_the_papers_sigmas():
     torch.manual_seed(0)
     torch.set_num_threads(1)

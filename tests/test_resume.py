@@ -64,6 +64,7 @@ def _steps_in(checkpoint: Path) -> int:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     train_file = tmp_path / "train.parquet"
     write_table(make_feed(12000, seed=0), train_file)  # 94 batches per epoch

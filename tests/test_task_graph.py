@@ -57,3 +57,15 @@ def test_cycle_is_a_config_error(tiny_config):
     tiny_config["tasks"]["dwell"]["inputs_from"] = ["click"]
     with pytest.raises(ConfigError, match=r"cycle\. Got click -> dwell -> click"):
         config_from_dict(tiny_config)
+
+
+def test_task_order_puts_upstream_first(tiny_config):
+    # moved from test_config.py: the order is the task graph's, computed from its edges
+    from multikpi.models.build import task_graph
+
+    tiny_config["tasks"]["click"]["inputs_from"] = ["dwell"]
+    tiny_config["tasks"]["convert"]["inputs_from"] = ["click", "dwell"]
+    config = config_from_dict(tiny_config)
+    order = task_graph(config.model, config.tasks).order
+    assert sorted(order) == ["click", "convert", "dwell"]
+    assert order.index("dwell") < order.index("click") < order.index("convert")

@@ -27,8 +27,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from multikpi.errors import ConfigError
 MAX_LENGTH = 2000
 MAX_DEPTH = 60
 # name -> (function, fewest arguments, most arguments or None for any number)
-FUNCTIONS = {
+FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "log": (np.log, 1, 1),
     "exp": (np.exp, 1, 1),
     "sqrt": (np.sqrt, 1, 1),
@@ -160,11 +161,11 @@ def _tokenize(text: str, what: str, source: str) -> list[Token]:
         match = _TOKEN.match(text, pos)
         if match is None:
             raise FormulaError(f"unexpected character {text[pos]!r} at position {pos}", what, source)
-        kind, value = match.lastgroup, match.group()
+        kind, value = match.lastgroup or "", match.group()
         if kind == "number":
             end = match.end()
             if end < len(text) and (text[end].isalnum() or text[end] in "_."):
-                bad = re.match(r"[\w.]+", text[pos:]).group()
+                bad = re.sub(r"[^\w.].*", "", text[pos:])
                 raise FormulaError(f"malformed number {bad!r} at position {pos}; put an operator between a "
                                    f"number and a name, e.g. 2 * x", what, source)
             if not math.isfinite(float(value)):

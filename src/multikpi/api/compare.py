@@ -63,13 +63,13 @@ def arch_config(raw: dict | RunConfig, arch: str, seed: int, log: bool = False) 
     for key in reset:
         del model[key]
     model["arch"] = arch
-    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), dict) else {}
+    tasks = raw["tasks"] if isinstance(raw.get("tasks"), dict) else {}
     allowed = set(subnet_names(arch, list(tasks)))
     optim = raw.get("optim")
     groups = optim.get("groups") if isinstance(optim, dict) else None
     dropped = [g for g in groups if g not in allowed] if isinstance(groups, dict) else []
     for group in dropped:
-        del groups[group]
+        del groups[group]  # type: ignore[union-attr]
     if log and (changed or dropped):
         logger.info("compare %s: reset model keys %s, dropped optim groups %s", arch, changed, dropped)
     raw.setdefault("train", {})["seed"] = seed
@@ -79,7 +79,8 @@ def arch_config(raw: dict | RunConfig, arch: str, seed: int, log: bool = False) 
 def arch_configs(raw: dict | RunConfig, archs: list[str], seeds: list[int]) -> dict[str, list[RunConfig]]:
     """arch -> one validated config per seed. A ConfigError lists every problem of every arch,
     each problem once with the archs it concerns."""
-    configs, problems = {}, {}
+    configs: dict[str, list[RunConfig]] = {}
+    problems: dict[str, list[str]] = {}
     for arch in archs:
         try:
             configs[arch] = [arch_config(raw, arch, seed, log=k == 0) for k, seed in enumerate(seeds)]

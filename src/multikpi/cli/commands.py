@@ -23,7 +23,7 @@ from multikpi.synthetic.mmoe import make_mmoe_synthetic
 DATASETS: dict[str, Callable[[int, int, int, float | None], pa.Table]] = {
     "feed": lambda rows, seed, world_seed, correlation: make_feed(rows, seed=seed, world_seed=world_seed),
     "mmoe-synthetic": lambda rows, seed, world_seed, correlation: make_mmoe_synthetic(
-        rows, correlation, seed=seed, world_seed=world_seed),
+        rows, correlation if correlation is not None else 0.0, seed=seed, world_seed=world_seed),
 }
 CORRELATED_DATASETS = ("mmoe-synthetic",)
 

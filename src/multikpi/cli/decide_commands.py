@@ -38,6 +38,7 @@ def rank(args: argparse.Namespace) -> None:
     table = ranked_table(candidates, scores, args.group, top_k, ids)
     metrics = None
     if args.metrics:
+        assert candidates.labels is not None  # read with_labels
         kinds = {t: s.kind for t, s in predictor.config.tasks.items()}
         metrics = {"score": formula.text, "calibration": resolve_method(decide.calibration, predictor.calibrators),
                    "group": args.group, **ranking_metrics(candidates.rank(scores), scores, candidates.labels,

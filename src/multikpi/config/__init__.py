@@ -10,9 +10,9 @@ from multikpi.config.schema import (
     TaskSpec,
     TrainSpec,
 )
-from multikpi.config.validate import subnet_names, task_order, validate_config
+from multikpi.config.validate import subnet_names, validate_config
 
 __all__ = [
     "DataSpec", "LossSpec", "ModelSpec", "OptimSpec", "OptimizerSpec", "RunConfig", "TaskSpec", "TrainSpec",
-    "apply_overrides", "config_from_dict", "load_config", "subnet_names", "task_order", "validate_config",
+    "apply_overrides", "config_from_dict", "load_config", "subnet_names", "validate_config",
 ]

@@ -100,7 +100,7 @@ def _deep_copy(node: Any) -> Any:
     return node
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     """One pydantic error -> a message that names the key, what is allowed and what was given."""
     loc = [str(p) for p in error["loc"]]
     path = ".".join(loc)

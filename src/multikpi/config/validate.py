@@ -24,25 +24,6 @@ def validate_config(config: RunConfig) -> list[str]:
     )
 
 
-def task_order(config: RunConfig) -> list[str]:
-    """Tasks in topological order of `inputs_from` (upstream first; ESMM's CTR task before its
-    CTCVR task). Assumes no cycle."""
-    order: list[str] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        for upstream in upstream_tasks(config, name):
-            visit(upstream)
-        order.append(name)
-
-    for name in config.tasks:
-        visit(name)
-    return order
-
-
 def upstream_tasks(config: RunConfig, name: str) -> list[str]:
     """The tasks whose output `name` reads: its `inputs_from`, and for ESMM's CTCVR task the CTR task."""
     upstream = list(config.tasks[name].inputs_from)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -128,10 +129,10 @@ class FeatureEncoder:
             vocab, categorical[:, i] = _fit_encode_ids(table.column(column), column, data.min_frequency)
             return vocab
 
-        fitted = _in_parallel([lambda i=i, c=c: fit_column(i, c) for i, c in enumerate(data.categorical)])
+        fitted = _in_parallel([partial(fit_column, i, c) for i, c in enumerate(data.categorical)])
         vocabs = dict(zip(data.categorical, fitted))
         # Dense columns are decoded and standardized once: statistics and values in one job each.
-        fitted_dense = _in_parallel([lambda c=c: _fit_encode_dense(table.column(c), c, c in data.log1p)
+        fitted_dense = _in_parallel([partial(_fit_encode_dense, table.column(c), c, c in data.log1p)
                                      for c in data.dense])
         dense_stats = {c: stats for c, (stats, _, _) in zip(data.dense, fitted_dense)}
         standardized = {c: (values, missing) for c, (_, values, missing) in zip(data.dense, fitted_dense)}
@@ -149,7 +150,7 @@ class FeatureEncoder:
         def encode_column(i: int, column: str) -> None:
             categorical[:, i] = _encode_ids(table.column(column), self.vocabs[column], column)
 
-        _in_parallel([lambda i=i, c=c: encode_column(i, c) for i, c in enumerate(self.vocabs)])
+        _in_parallel([partial(encode_column, i, c) for i, c in enumerate(self.vocabs)])
         return self._encode_rest(table, categorical, with_labels)
 
     def _encode_rest(self, table: ColumnSource, categorical: np.ndarray, with_labels: bool,
@@ -169,7 +170,7 @@ class FeatureEncoder:
             if column in indicator_at:
                 dense[:, indicator_at[column]] = missing
 
-        _in_parallel([lambda i=i, c=c: encode_column(i, c) for i, c in enumerate(self.dense_stats)])
+        _in_parallel([partial(encode_column, i, c) for i, c in enumerate(self.dense_stats)])
         labels = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
         if with_labels:
             for i, name in enumerate(self.labels):

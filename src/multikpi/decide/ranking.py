@@ -22,6 +22,7 @@ A null label (NaN) counts as 0 in the sums and gains and is left out of gAUC.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +128,7 @@ def group_auc(codes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
 
 
 def ranking_metrics(ranking: Ranking, scores: np.ndarray, labels: dict[str, np.ndarray],
-                    kinds: dict[str, str], k: int) -> dict[str, float]:
+                    kinds: Mapping[str, str], k: int) -> dict[str, float]:
     """Every metric of the module docstring for every task in `labels`, averaged over groups.
 
     labels: task -> (N,) label values; kinds: task -> "binary" | "regression"."""

@@ -111,7 +111,7 @@ def _label(table: pa.Table, column: str) -> np.ndarray:
 
 def evaluate_scores(formula: Formula, candidates: Candidates, params: dict[str, float] | None = None) -> np.ndarray:
     """(N,) float64 scores of `formula` over the candidates' estimates (plus weight values)."""
-    values = dict(candidates.estimates)
+    values: dict[str, np.ndarray | float] = dict(candidates.estimates)
     values.update(params or {})
     return formula.evaluate(values, rows=candidates.codes.size)
 

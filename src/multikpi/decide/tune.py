@@ -28,7 +28,9 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +109,7 @@ class TuneResult:
     front: tuple[int, ...]
 
 
-def default_template(kinds: dict[str, str]) -> str:
+def default_template(kinds: Mapping[str, str]) -> str:
     """`anchor * task^w_task * ...` with the first binary task (else the first task) as anchor."""
     tasks = list(kinds)
     anchor = next((t for t in tasks if kinds[t] == "binary"), tasks[0])
@@ -150,6 +152,7 @@ def _parse_range(item: str, weights: list[str]) -> tuple[str, float, float]:
             problem = f"--range {match['name']}: LOW and HIGH must be numbers with LOW + {STEP} <= HIGH. Got {item!r}"
     if problem:
         raise ConfigError([problem], source="tune-decision")
+    assert match is not None  # a None match set `problem` above
     return match["name"], low, high
 
 
@@ -171,9 +174,11 @@ def metric_k(name: str) -> int | None:
     return int(k) if at else None
 
 
-def candidate_metrics(candidates: Candidates, scores: np.ndarray, kinds: dict[str, str],
+def candidate_metrics(candidates: Candidates, scores: np.ndarray, kinds: Mapping[str, str],
                       ks: list[int]) -> dict[str, float]:
     """Every ranking metric of `scores` at each cut-off in `ks`, in one flat dict."""
+    if candidates.labels is None:
+        raise DataError("ranking metrics need the label columns of the tasks in the data file")
     ranking = candidates.rank(scores)
     out: dict[str, float] = {}
     for k in ks:
@@ -197,7 +202,7 @@ def check_metrics(names: list[str], available: dict[str, float]) -> None:
         raise ConfigError(problems, source="tune-decision")
 
 
-def tune_decision(candidates: Candidates, kinds: dict[str, str], template: Template, objective: str,
+def tune_decision(candidates: Candidates, kinds: Mapping[str, str], template: Template, objective: str,
                   constraints: list[Constraint], baseline_formula: Formula, trials: int, seed: int) -> TuneResult:
     """Search the template's weights with TPE; see the module docstring. Raises DataError when no
     trial meets the constraints."""
@@ -206,8 +211,9 @@ def tune_decision(candidates: Candidates, kinds: dict[str, str], template: Templ
     zero = [n for n in [objective] + [c.metric for c in constraints] if metric_k(n) == 0]
     if zero:
         raise ConfigError([f"a metric's cut-off k must be >= 1. Got {zero}"], source="tune-decision")
-    k = metric_k(objective) or next((metric_k(c.metric) for c in constraints if metric_k(c.metric)), 10)
-    ks = sorted({k} | {metric_k(c.metric) for c in constraints if metric_k(c.metric)})
+    constraint_ks = [k for c in constraints if (k := metric_k(c.metric))]
+    k = metric_k(objective) or next(iter(constraint_ks), 10)
+    ks = sorted({k, *constraint_ks})
     baseline = candidate_metrics(candidates, evaluate_scores(baseline_formula, candidates), kinds, ks)
     check_metrics([objective] + [c.metric for c in constraints], baseline)
     for constraint in constraints:
@@ -247,7 +253,7 @@ def _search(template: Template, objective: str, evaluate, trials: int, seed: int
     results: list[Trial] = []
     set_constraint = hasattr(optuna.trial.Trial, "set_constraint")
 
-    def run_trial(trial: optuna.Trial) -> float:
+    def run_trial(trial: Any) -> float:  # an optuna.Trial
         params = {}
         for name, (low, high) in template.ranges.items():
             steps = math.floor((high - low) / STEP + 1e-9)
@@ -278,7 +284,7 @@ def _search(template: Template, objective: str, evaluate, trials: int, seed: int
     return results
 
 
-def _front_metrics(objective: str, constraints: list[Constraint], kinds: dict[str, str],
+def _front_metrics(objective: str, constraints: list[Constraint], kinds: Mapping[str, str],
                    k: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The metrics of the trade-off: the objective and the constrained metrics; when there is no
     constraint, the objective and every task's `<task>@k`. Direction +1 = higher is better."""

@@ -35,6 +35,7 @@ import torch
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.errors import ArtifactError
 from multikpi.eval.evaluate import model_outputs
+from multikpi.models.multitask import MultiTaskModel
 
 logger = logging.getLogger("multikpi")
 
@@ -160,7 +161,7 @@ def calibration_report(pairs: dict[str, tuple[np.ndarray, np.ndarray]],
     return report
 
 
-def calibrate_run(model: torch.nn.Module, splits: dict[str, EncodedData], encoder: FeatureEncoder,
+def calibrate_run(model: MultiTaskModel, splits: dict[str, EncodedData], encoder: FeatureEncoder,
                   batch_size: int, precision: torch.dtype | None) -> tuple[dict | None, dict | None]:
     """Fit the calibrators on `splits["valid"]` and assess them on valid and test.
 

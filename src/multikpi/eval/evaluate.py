@@ -10,11 +10,12 @@ import torch
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.eval.accumulators import BinaryAccumulator, RegressionAccumulator
 from multikpi.models.esmm import parse_cvr_output_key
+from multikpi.models.multitask import MultiTaskModel
 
 RowsDone = Callable[[int], None]  # progress callback: called with the rows of each finished slice
 
 
-def output_batches(model: torch.nn.Module, data: EncodedData, batch_size: int,
+def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
                    precision: torch.dtype | None = None,
                    on_rows: RowsDone | None = None) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """(row slice, task -> raw outputs of those rows) in slices of `batch_size` rows: logits for
@@ -35,7 +36,7 @@ def output_batches(model: torch.nn.Module, data: EncodedData, batch_size: int,
         model.train(was_training)
 
 
-def model_outputs(model: torch.nn.Module, data: EncodedData, batch_size: int,
+def model_outputs(model: MultiTaskModel, data: EncodedData, batch_size: int,
                   precision: torch.dtype | None = None, on_rows: RowsDone | None = None) -> dict[str, np.ndarray]:
     """task -> (N,) raw outputs of every row (see `output_batches`)."""
     chunks: dict[str, list[np.ndarray]] = {}
@@ -142,7 +143,7 @@ def task_metrics(outputs: dict[str, np.ndarray], data: EncodedData,
     return metrics.compute()
 
 
-def evaluate_split(model: torch.nn.Module, data: EncodedData, encoder: FeatureEncoder, batch_size: int,
+def evaluate_split(model: MultiTaskModel, data: EncodedData, encoder: FeatureEncoder, batch_size: int,
                    precision: torch.dtype | None = None,
                    on_rows: RowsDone | None = None) -> dict[str, dict[str, float]]:
     """The metrics of `model` on `data`, batch by batch (the split's outputs are never all held)."""

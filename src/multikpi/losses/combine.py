@@ -13,7 +13,7 @@ parameters receive no gradient at all (grad stays None and the optimizer skips t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
@@ -81,7 +81,7 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
     residual). Regression losses here are on the standardized target, so σ is in standard units.
     """
 
-    def __init__(self, kinds: dict[str, str], form: str = "kendall", init: float = 0.0):
+    def __init__(self, kinds: Mapping[str, str], form: str = "kendall", init: float = 0.0):
         super().__init__()
         self.kinds = dict(kinds)
         self.form = form
@@ -111,6 +111,8 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
 
 
 class GradNorm(nn.Module, LossCombiner):
+    initial_losses: torch.Tensor
+
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
 
     Learned weights w_t (Σ w_t = T). The network is trained on Σ_t w_t·L_t; the weights are trained on
@@ -160,6 +162,11 @@ class GradNorm(nn.Module, LossCombiner):
 
 
 class DynamicWeightAverage(nn.Module, LossCombiner):
+    history: torch.Tensor
+    running: torch.Tensor
+    current: torch.Tensor
+    steps_in_period: torch.Tensor
+
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
 
         w_t(k) = T · exp(r_t(k−1)/τ) / Σ_j exp(r_j(k−1)/τ),   r_t(k−1) = L̄_t(k−1) / L̄_t(k−2)

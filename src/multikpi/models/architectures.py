@@ -34,6 +34,8 @@ class SharedBottom(nn.Module, SharingArchitecture):
 
 
 class SeparateNets(nn.Module, SharingArchitecture):
+    columns: torch.Tensor | None
+
     """One MLP per task and nothing shared above the input: `single_task` and `esmm`.
 
     (B, in_dim) -> {task: (B, hidden[-1])}. `nets` is a ModuleDict task -> MLP; parameters are

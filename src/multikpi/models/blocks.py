@@ -26,6 +26,8 @@ class _GatherRows(torch.autograd.Function):
 
 
 class FeatureEmbedding(nn.Module):
+    offsets: torch.Tensor
+
     """All categorical columns in one embedding table, addressed through per-column offsets.
 
     One table instead of F small ones: one gather in the forward pass, one scatter in the

@@ -15,6 +15,7 @@ from multikpi.models.blocks import FeatureEmbedding, mlp
 from multikpi.models.experts import PLE, ExpertBank, Gate, MMoE
 from multikpi.models.heads import TaskTower, logit_of_rate
 from multikpi.models.multitask import MultiTaskModel
+from multikpi.models.protocols import SharingArchitecture
 from multikpi.models.task_graph import Edge, TaskGraph
 
 
@@ -30,17 +31,17 @@ class ArchInputs:
         return self.embeddings.out_dim + self.num_dense
 
 
-def _shared_bottom(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+def _shared_bottom(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     return SharedBottom(inputs.dim, list(spec.shared), tasks, spec.dropout)
 
 
-def _mmoe(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+def _mmoe(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     experts = ExpertBank(inputs.dim, list(spec.shared), spec.num_experts, spec.dropout)
     gates = nn.ModuleDict({t: Gate(inputs.dim, list(spec.gate_hidden), spec.num_experts) for t in tasks})
     return MMoE(experts=experts, gates=gates)
 
 
-def _ple(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+def _ple(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     hidden, gate_hidden = list(spec.shared), list(spec.gate_hidden)
     experts, gates, in_dim = nn.ModuleList(), nn.ModuleList(), inputs.dim
     for level in range(spec.num_levels):
@@ -61,18 +62,18 @@ def _task_nets(spec: ModelSpec, tasks: list[str], in_dim: int) -> nn.ModuleDict:
     return nn.ModuleDict({t: mlp(in_dim, list(spec.shared), spec.dropout) for t in tasks})
 
 
-def _single_task(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+def _single_task(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     columns = task_columns(inputs.embeddings.num_columns, spec.embedding_dim, inputs.num_dense, len(tasks))
     return SeparateNets(nets=_task_nets(spec, tasks, columns.shape[1]), out_dim=spec.shared[-1],
                         shared_layer=inputs.embeddings, columns=columns)
 
 
-def _esmm(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> nn.Module:
+def _esmm(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     return SeparateNets(nets=_task_nets(spec, tasks, inputs.dim), out_dim=spec.shared[-1],
                         shared_layer=inputs.embeddings)
 
 
-BUILDERS: dict[str, Callable[[ModelSpec, list[str], ArchInputs], nn.Module]] = {
+BUILDERS: dict[str, Callable[[ModelSpec, list[str], ArchInputs], SharingArchitecture]] = {
     "shared_bottom": _shared_bottom,
     "mmoe": _mmoe,
     "ple": _ple,

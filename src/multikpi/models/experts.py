@@ -14,6 +14,7 @@ Gate usage: after every forward pass the module keeps the batch-mean gate weight
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -65,7 +66,8 @@ class ExpertBank(nn.Module):
         return hidden
 
     def last_layer(self) -> BatchedLinear:
-        return self.layers[-1]
+        layer: BatchedLinear = self.layers[-1]  # type: ignore[assignment]
+        return layer
 
 
 class Gate(nn.Module):
@@ -148,8 +150,9 @@ class PLE(nn.Module, SharingArchitecture):
         super().__init__()
         self.experts = experts
         self.gates = gates
-        self.tasks = list(experts[0]["specific"].keys())
-        self.out_dim = experts[-1]["shared"].out_dim
+        first, last = cast(nn.ModuleDict, experts[0]), cast(nn.ModuleDict, experts[-1])
+        self.tasks = list(cast(nn.ModuleDict, first["specific"]).keys())
+        self.out_dim: int = cast(ExpertBank, last["shared"]).out_dim
         self._usage: dict[str, torch.Tensor] = {}
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -164,16 +167,21 @@ class PLE(nn.Module, SharingArchitecture):
     def _levels(self, inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         task_inputs = {task: inputs for task in self.tasks}
         shared_input = inputs
+        weights: dict[str, torch.Tensor] = {}
         for experts, gates in zip(self.experts, self.gates):
-            task_inputs, shared_input, weights = self._level(experts, gates, task_inputs, shared_input)
+            level = self._level(cast(nn.ModuleDict, experts), cast(nn.ModuleDict, gates), task_inputs, shared_input)
+            task_inputs, next_shared, weights = level
+            shared_input = next_shared if next_shared is not None else shared_input
         return task_inputs, weights
 
     def _level(self, experts: nn.ModuleDict, gates: nn.ModuleDict, task_inputs: dict[str, torch.Tensor],
-               shared_input: torch.Tensor):
+               shared_input: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None,
+                                                    dict[str, torch.Tensor]]:
         """One CGC level -> (task outputs, shared output or None, task gate weights)."""
+        specific_experts, task_gates = cast(nn.ModuleDict, experts["specific"]), cast(nn.ModuleDict, gates["tasks"])
         shared = experts["shared"](shared_input)
-        specific = {t: experts["specific"][t](task_inputs[t]) for t in self.tasks}
-        weights = {t: gates["tasks"][t](task_inputs[t]) for t in self.tasks}
+        specific = {t: specific_experts[t](task_inputs[t]) for t in self.tasks}
+        weights = {t: task_gates[t](task_inputs[t]) for t in self.tasks}
         outputs = {t: mix(weights[t], torch.cat([specific[t], shared], dim=1)) for t in self.tasks}
         shared_output = None
         if "shared" in gates:
@@ -188,4 +196,4 @@ class PLE(nn.Module, SharingArchitecture):
     def last_shared_layer(self) -> BatchedLinear:
         """The last layer of the last level's shared experts: the only expert weights that every
         task's final gate reads (GradNorm measures each task's gradient norm on it)."""
-        return self.experts[-1]["shared"].last_layer()
+        return cast(ExpertBank, cast(nn.ModuleDict, self.experts[-1])["shared"]).last_layer()

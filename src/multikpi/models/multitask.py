@@ -10,6 +10,7 @@ from torch import nn
 
 from multikpi.data.batches import Batch
 from multikpi.models.blocks import FeatureEmbedding
+from multikpi.models.protocols import SharingArchitecture
 from multikpi.models.task_graph import TaskGraph
 
 
@@ -22,10 +23,11 @@ class MultiTaskModel(nn.Module):
     graph:      the order in which heads run and which estimates feed which tower.
     """
 
-    def __init__(self, embeddings: FeatureEmbedding, shared: nn.Module, heads: nn.ModuleDict, graph: TaskGraph):
+    def __init__(self, embeddings: FeatureEmbedding, shared: SharingArchitecture, heads: nn.ModuleDict,
+                 graph: TaskGraph):
         super().__init__()
         self.embeddings = embeddings
-        self.shared = shared
+        self.shared: SharingArchitecture = shared
         self.heads = heads
         self.graph = graph
 

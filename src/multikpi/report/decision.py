@@ -46,7 +46,7 @@ def tradeoff_table(result: TuneResult) -> str:
     names = list(result.front_metrics)
     header = ["trial"] + weights + names + ["feasible", ""]
     base_cells = ["baseline"] + ["" for _ in weights] + [f"{result.baseline[n]:.4f}" for n in names]
-    table: list[list[object]] = [base_cells + ["yes", f"`{result.baseline_formula}`"]]
+    table: list[list[str]] = [base_cells + ["yes", f"`{result.baseline_formula}`"]]
     by_number = {t.number: t for t in result.trials}
     rows = [by_number[n] for n in result.front]
     if result.chosen.number not in result.front:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -261,10 +262,10 @@ def _build_world(world_seed: int) -> _World:
     """Build the hidden world (tables + calibrated intercepts) from ``world_seed``."""
     rng = np.random.default_rng([_WORLD_TAG, world_seed])
     tables = {**_user_tables(rng), **_item_tables(rng), **_context_tables(rng)}
-    return _calibrate(_World(**tables), world_seed)
+    return _calibrate(_World(**tables), world_seed)  # type: ignore[arg-type]
 
 
-def _simulate(n_rows: int, seed: int, world_seed: int) -> dict[str, object]:
+def _simulate(n_rows: int, seed: int, world_seed: int) -> dict[str, Any]:
     """Draw rows and labels; return world, rows, logits, probabilities and labels."""
     if n_rows < 0:
         raise ValueError(f"n_rows must be >= 0, got {n_rows}")
@@ -295,7 +296,7 @@ def _masked(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
     return np.where(missing, np.nan, values).astype(np.float32)
 
 
-def _to_table(sim: dict[str, object]) -> pa.Table:
+def _to_table(sim: dict[str, Any]) -> pa.Table:
     """Assemble the public Arrow table from a simulation."""
     world, rows = sim["world"], sim["rows"]
     u, i = rows["user"], rows["item"]

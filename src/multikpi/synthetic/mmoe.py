@@ -43,7 +43,7 @@ class MMoESyntheticWorld:
 
     def label_means(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """E[y1 | x], E[y2 | x] for x (N, d): w_tᵀx + Σ_i sin(α_i·w_tᵀx + β_i)."""
-        return tuple(self._mean(x @ w) for w in (self.w1, self.w2))
+        return self._mean(x @ self.w1), self._mean(x @ self.w2)
 
     def _mean(self, projection: np.ndarray) -> np.ndarray:
         return projection + np.sin(np.outer(projection, self.alpha) + self.beta).sum(axis=1)

@@ -54,5 +54,7 @@ class MultiTaskTraining(nn.Module):
 def build_training(config: RunConfig, encoder: FeatureEncoder) -> MultiTaskTraining:
     """The model `config` describes, sized by `encoder`, with its losses and combiner."""
     model = build_model(config.model, config.tasks, encoder)
-    combiner = build_combiner(config, model.shared.last_shared_layer().weight)
+    shared_weight = model.shared.last_shared_layer().weight
+    assert isinstance(shared_weight, nn.Parameter)
+    combiner = build_combiner(config, shared_weight)
     return MultiTaskTraining(model=model, combiner=combiner, kinds={t: s.kind for t, s in config.tasks.items()})

@@ -13,6 +13,7 @@ from multikpi.artifacts.metrics import RunMetrics
 from multikpi.config.schema import RunConfig
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.losses.combine import LossCombiner
+from multikpi.models.multitask import MultiTaskModel
 from multikpi.optim.build import OptimizerSet
 
 
@@ -24,7 +25,7 @@ class Run:
     run_dir: Path
     config: RunConfig
     encoder: FeatureEncoder
-    model: nn.Module
+    model: MultiTaskModel
     combiner: nn.Module
     metrics: RunMetrics
     history: list[dict[str, Any]] = field(repr=False)

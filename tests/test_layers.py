@@ -1,0 +1,40 @@
+"""The layering: what a layer loads at run time, and the architecture catalogue's two halves."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from multikpi.config.architectures import ARCHITECTURES
+from multikpi.models.build import BUILDERS
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_importing_serve_loads_no_training_progress_bar_or_tuner():
+    loaded = _modules_after("import multikpi.serve")
+    assert "multikpi.serve.predictor" in loaded  # the import did happen
+    # torch.hub imports tqdm whenever it is installed, so tqdm is judged against `import torch` alone.
+    by_torch = _modules_after("import torch")
+    for forbidden in ("multikpi.training", "tqdm", "optuna", "matplotlib", "multikpi.api", "sklearn"):
+        ours = {m for m in loaded - by_torch if m == forbidden or m.startswith(forbidden + ".")}
+        assert not ours, ours
+
+
+def test_cli_help_loads_no_torch():
+    loaded = _modules_after("from multikpi.cli.main import build_parser; build_parser()")
+    assert "torch" not in loaded and "pyarrow" not in loaded
+
+
+def test_every_catalogue_row_has_a_builder_and_every_builder_a_row():
+    assert set(BUILDERS) == set(ARCHITECTURES)
+
+
+def test_make_data_kinds_of_the_parser_are_the_generators():
+    from multikpi.cli.commands import DATASETS as generators
+    from multikpi.cli.main import DATASETS
+
+    assert set(DATASETS) == set(generators)
