@@ -5,8 +5,7 @@ import torch
 
 from multikpi.config import config_from_dict
 from multikpi.data import FeatureEncoder, batch_at, read_table
-from multikpi.losses import build_combiner
-from multikpi.models import build_model
+from multikpi.training import build_training
 from multikpi.training.setup import encoder_specs, needed_columns
 
 
@@ -17,9 +16,8 @@ def build_all(config_dict: dict):
     encoder = FeatureEncoder.fit(table, *encoder_specs(config))
     data = encoder.encode(table)
     torch.manual_seed(0)
-    model = build_model(config.model, config.tasks, encoder)
-    combiner = build_combiner(config, model.shared.last_shared_layer().weight)
-    return config, encoder, data, model, combiner
+    training = build_training(config, encoder)
+    return config, encoder, data, training.model, training.combiner
 
 
 def first_batch(data, size: int = 256):

@@ -38,3 +38,15 @@ def test_make_data_kinds_of_the_parser_are_the_generators():
     from multikpi.cli.main import DATASETS
 
     assert set(DATASETS) == set(generators)
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    import pytest
+
+    from multikpi.errors import MultiKPIError
+    from multikpi.extras import import_extra
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    with pytest.raises(MultiKPIError, match=r"^tune-decision needs the 'optuna' package, which is not installed: "
+                                            r"pip install 'multikpi\[tune\]'$"):
+        import_extra("optuna", "tune-decision")
