@@ -154,6 +154,7 @@ def test_tampered_calibration_is_refused(calibrated_run, tmp_path):
 
 def test_run_without_valid_has_no_calibrators(tiny_config):
     del tiny_config["data"]["valid"]
+    tiny_config["data"]["valid_fraction"] = 0.0  # no split held out of train either
     run = train(tiny_config)
     assert run.calibration is None and not (run.run_dir / "calibration.json").exists()
     assert run.metrics.calibration is None

@@ -63,7 +63,8 @@ def test_valid_config_parses_with_defaults():
     assert isinstance(config, RunConfig)
     assert config.tasks["dwell"].transform == "log1p"
     assert config.tasks["convert"].train_on == "click"
-    assert config.train.epochs == 1 and config.loss.combine == "sum" and config.optim.default.lr == 1e-3
+    assert config.train.epochs == "auto" and config.loss.combine == "sum" and config.optim.default.lr == 1e-3
+    assert config.train.batch_size == "auto" and config.data.valid_fraction == 0.1
     assert config.model.shared == [256, 128]
 
 
@@ -116,7 +117,7 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_zero_epochs_rejected():
-    with pytest.raises(ConfigError, match=r"`train\.epochs`: input should be greater than 0\. Got 0\."):
+    with pytest.raises(ConfigError, match=r"`train\.epochs`: input should be greater than 0, or auto\. Got 0\."):
         config_from_dict(raw(train={"epochs": 0}))
 
 

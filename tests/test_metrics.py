@@ -190,7 +190,8 @@ def test_task_metrics_regression_in_original_and_transformed_units():
     pred_log = outputs["dwell"][keep].astype(np.float64) * stats.std + stats.mean
     pred = np.expm1(pred_log)
     m = metrics["dwell"]
-    assert set(m) == {"rmse", "mae", "pearson", "rmse_log1p", "mae_log1p", "pearson_log1p", "count"}
+    assert set(m) == {"rmse", "mae", "pearson", "rmse_log1p", "mae_log1p", "pearson_log1p", "count", "calibration",
+                      "relative_loss"}
     assert m["count"] == int(keep.sum())
     # Labels pass through float32 standardization, hence the relative tolerance.
     assert m["rmse"] == pytest.approx(math.sqrt(mean_squared_error(y, pred)), rel=1e-5)
@@ -206,7 +207,7 @@ def test_task_metrics_regression_in_original_and_transformed_units():
 def test_task_metrics_regression_without_transform_has_no_suffix():
     _, encoder, data, labels, outputs = fitted()
     m = task_metrics(outputs, data, encoder)["score"]
-    assert set(m) == {"rmse", "mae", "pearson", "count"}
+    assert set(m) == {"rmse", "mae", "pearson", "count", "calibration", "relative_loss"}
     stats = encoder.labels["score"]
     y = labels["score"]
     pred = outputs["score"].astype(np.float64) * stats.std + stats.mean

@@ -5,7 +5,11 @@
      "loss_weights": {task: {name: value}},        effective combiner weights at the end
      "timing": {"total_seconds": s, "train_examples_per_second": r},
      "calibration": {...} | null,                  fitted on valid (multikpi.eval.calibration)
-     "gate_usage": {task: [weight per expert]} | null}   mmoe / ple, mean over the last epoch
+     "gate_usage": {task: [weight per expert]} | null,   mmoe / ple, mean over the last epoch
+     "selection": {"monitor", "value", "epoch", "step", "evaluations", "per_task_best_epoch",
+                   "per_task_best_step"} | null,   the evaluation whose weights were kept
+     "training": {"batch_size", "steps", "epochs", "steps_per_epoch"},   what the recipe chose and ran
+     "warnings": [one line each]}
 """
 from __future__ import annotations
 
@@ -31,17 +35,23 @@ class RunMetrics:
     timing: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     gate_usage: dict[str, list[float]] | None = None
+    selection: dict[str, Any] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "splits": self.splits, "loss_weights": self.loss_weights, "timing": self.timing,
-                "calibration": self.calibration, "gate_usage": self.gate_usage}
+                "calibration": self.calibration, "gate_usage": self.gate_usage, "selection": self.selection,
+                "training": self.training, "warnings": self.warnings}
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> RunMetrics:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"metrics format must be {FORMAT}")
         return cls(splits=payload["splits"], loss_weights=payload["loss_weights"], timing=payload["timing"],
-                   calibration=payload.get("calibration"), gate_usage=payload.get("gate_usage"))
+                   calibration=payload.get("calibration"), gate_usage=payload.get("gate_usage"),
+                   selection=payload.get("selection"), training=payload.get("training", {}),
+                   warnings=list(payload.get("warnings", [])))
 
     def save(self, path: Path) -> None:
         """Atomic write; NaN metrics (an AUC of a one-class split) are written as JSON null."""

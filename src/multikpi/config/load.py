@@ -3,6 +3,7 @@ collected into one ConfigError, with a suggestion for misspelt keys."""
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -44,7 +45,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError([_one_line(_describe(e)) for e in err.errors()], source=source) from None
+        raise ConfigError([_one_line(m) for m in _messages(list(err.errors()))], source=source) from None
     problems = validate_config(config)
     if problems:
         raise ConfigError([_one_line(p) for p in problems], source=source)
@@ -98,6 +99,32 @@ def _deep_copy(node: Any) -> Any:
     if isinstance(node, list):
         return [_deep_copy(v) for v in node]
     return node
+
+
+# The location entries pydantic adds for the branches of a union (`int | Literal["auto"]`).
+_UNION_BRANCH = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|list\[.*\]|dict\[.*\]|"
+                           r"tuple\[.*\]|function-\w+\[.*\]|[A-Z]\w*Spec)$")
+
+
+def _messages(errors: list[Any]) -> list[str]:
+    """One message per key: the errors of a union's branches (`train.epochs` got neither a positive
+    integer nor auto) are merged into one, "`train.epochs`: input should be greater than 0, or auto."."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for error in errors:
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and _UNION_BRANCH.match(p)))
+        groups.setdefault(loc, []).append({**error, "loc": loc})
+    messages = []
+    for group in groups.values():
+        literals = [e for e in group if e["type"] == "literal_error"]
+        others = [e for e in group if e["type"] != "literal_error"]
+        if not literals or not others:
+            messages += [_describe(e) for e in group]
+            continue
+        allowed = ", ".join(e["ctx"]["expected"].replace("'", "").replace(" or ", ", ") for e in literals)
+        path = ".".join(str(p) for p in group[0]["loc"])
+        messages.append(f"`{path}`: {others[0]['msg'][0].lower() + others[0]['msg'][1:]}, or {allowed}. "
+                        f"Got {group[0].get('input')!r}.")
+    return messages
 
 
 def _describe(error: Any) -> str:

@@ -28,6 +28,12 @@ class DataSpec(Spec):
     log1p: list[str] = Field(default_factory=list, description="dense columns to log1p before standardizing")
     min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
     id_columns: list[str] = Field(default_factory=list, description="passed through by predict and rank")
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0, description=(
+        "without `valid`: the share of train held out (seeded by train.seed) for early stopping and calibration"))
+    group: str | None = Field(None, description="column of the request / page-view id: a held-out valid split "
+                                                "keeps each group's rows on one side")
+    weight: str | None = Field(None, description="column of non-negative sample weights for every task's loss "
+                                                 "and the metrics")
 
 
 class TaskSpec(Spec):
@@ -38,6 +44,10 @@ class TaskSpec(Spec):
     stop_gradient: bool = True
     upstream_as: Literal["prob", "logit"] = "prob"
     train_on: str | None = Field(None, description="binary task whose label must be 1 for this task to count")
+    loss: Literal["mse", "poisson", "tweedie"] = Field(
+        "mse", description="regression: mse on the standardized (transformed) target, or a log-link poisson / "
+                           "tweedie loss on the raw label for counts and durations")
+    tweedie_power: float = Field(1.5, gt=1.0, lt=2.0, description="loss: tweedie, the variance power p")
 
 
 class EsmmSpec(Spec):
@@ -65,7 +75,8 @@ class ModelSpec(Spec):
 
 class UncertaintySpec(Spec):
     form: Literal["kendall", "plain"] = "kendall"
-    init: float = 0.0
+    init: float | Literal["auto"] = Field(
+        "auto", description="initial log-variance s; auto = the optimum for the first batch's losses")
 
 
 class LossSpec(Spec):
@@ -112,8 +123,16 @@ class OptimSpec(Spec):
 
 
 class TrainSpec(Spec):
-    epochs: PositiveInt = 1
-    batch_size: PositiveInt = 4096
+    epochs: PositiveInt | Literal["auto"] = Field(
+        "auto", description="auto = early stopping on the valid split, up to max_epochs / max_steps")
+    max_epochs: PositiveInt = Field(100, description="epochs: auto, the most epochs trained")
+    max_steps: PositiveInt | None = Field(None, description="the most optimizer steps trained (any epochs)")
+    patience: PositiveInt = Field(5, description="epochs: auto, evaluations without improvement before stopping")
+    eval_every: PositiveInt | None = Field(None, description="steps between evaluations; null = every epoch")
+    monitor: str = Field("auto", description="auto = mean over tasks of valid loss relative to the constant "
+                                             "predictor; or valid.<task>.<metric>")
+    batch_size: PositiveInt | Literal["auto"] = Field(
+        "auto", description="auto = scaled with the training rows within [256, 4096]")
     seed: int = 0
     threads: PositiveInt | None = None
     log_every: PositiveInt = 50

@@ -6,10 +6,17 @@ import re
 
 from multikpi.config.architectures import ARCHITECTURES, arch_model_keys
 from multikpi.config.architectures import subnet_names as arch_subnet_names
-from multikpi.config.schema import RunConfig
+from multikpi.config.schema import RunConfig, TaskSpec
 from multikpi.formula import FormulaError, parse_formula
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Metrics `train.monitor: valid.<task>.<metric>` may name, by task kind, with their direction
+# (+1: higher is better). `relative_loss` is the task's valid loss over that of the constant predictor.
+MONITOR_METRICS: dict[str, dict[str, int]] = {
+    "binary": {"auc": 1, "logloss": -1, "relative_loss": -1},
+    "regression": {"rmse": -1, "mae": -1, "pearson": 1, "relative_loss": -1,
+                   "rmse_log1p": -1, "mae_log1p": -1, "pearson_log1p": 1},
+}
 
 
 def validate_config(config: RunConfig) -> list[str]:
@@ -21,7 +28,35 @@ def validate_config(config: RunConfig) -> list[str]:
         + _check_model(config)
         + _check_optim(config)
         + _check_decide(config)
+        + _check_train(config)
     )
+
+
+def parse_monitor(config: RunConfig) -> tuple[str, str, int] | None:
+    """`valid.<task>.<metric>` -> (task, metric, direction); None for `auto`. Assumes it is valid."""
+    if config.train.monitor == "auto":
+        return None
+    _, task, metric = config.train.monitor.split(".", 2)
+    return task, metric, MONITOR_METRICS[config.tasks[task].kind][metric]
+
+
+def _check_train(config: RunConfig) -> list[str]:
+    train, data, problems = config.train, config.data, []
+    monitor = train.monitor
+    if monitor != "auto":
+        parts = monitor.split(".", 2)
+        task = config.tasks.get(parts[1]) if len(parts) == 3 and parts[0] == "valid" else None
+        allowed = MONITOR_METRICS[task.kind] if task is not None else {}
+        if task is None or parts[2] not in allowed:
+            names = ", ".join(f"valid.<task>.{m}" for m in sorted(set().union(*MONITOR_METRICS.values())))
+            problems.append(f"`train.monitor` must be auto or valid.<task>.<metric> with a task among "
+                            f"{list(config.tasks)} and a metric of its kind ({names}). Got {monitor!r}")
+        elif parts[2].endswith("_log1p") and task.transform != "log1p":
+            problems.append(f"`train.monitor` {monitor!r} needs `tasks.{parts[1]}.transform: log1p`")
+    if train.epochs == "auto" and data.valid is None and data.valid_fraction == 0:
+        problems.append("`train.epochs: auto` stops early on a validation split: set `data.valid`, or "
+                        "`data.valid_fraction` > 0, or an integer `train.epochs`. Got valid_fraction 0")
+    return problems
 
 
 def upstream_tasks(config: RunConfig, name: str) -> list[str]:
@@ -70,6 +105,7 @@ def _check_tasks(config: RunConfig) -> list[str]:
         for upstream in task.inputs_from:
             if upstream not in config.tasks:
                 problems.append(f"`tasks.{name}.inputs_from` must name tasks among {names}. Got {upstream!r}")
+        problems += _check_task_loss(name, task)
         if task.train_on is not None:
             parent = config.tasks.get(task.train_on)
             if parent is None or task.train_on == name:
@@ -82,6 +118,18 @@ def _check_tasks(config: RunConfig) -> list[str]:
     if cycle:
         problems.append(f"`inputs_from` edges must not form a cycle. Got {' -> '.join(cycle)}")
     return problems
+
+
+def _check_task_loss(name: str, task: TaskSpec) -> list[str]:
+    if task.loss == "mse":
+        return []
+    if task.kind != "regression":
+        return [f"`tasks.{name}.loss` {task.loss} is for regression tasks; a binary task uses log loss. "
+                f"Got kind {task.kind!r}"]
+    if task.transform != "none":
+        return [f"`tasks.{name}.loss: {task.loss}` models the raw label with a log link: its `transform` must be "
+                f"none. Got {task.transform!r}"]
+    return []
 
 
 def _check_columns(config: RunConfig) -> list[str]:
@@ -103,6 +151,9 @@ def _check_columns(config: RunConfig) -> list[str]:
     leaked = sorted(labels & (set(data.categorical) | set(data.dense)))
     if leaked:
         problems.append(f"label columns must not also be input features. Got {leaked}")
+    for key, column in (("weight", data.weight), ("group", data.group)):
+        if column is not None and column in labels | set(data.categorical) | set(data.dense):
+            problems.append(f"`data.{key}` must be a column that is neither a feature nor a label. Got {column!r}")
     return problems
 
 

@@ -14,24 +14,34 @@ from multikpi.data.encoders import EncodedData
 
 @dataclass(frozen=True)
 class Batch:
-    """B rows. categorical (B, F) int32; dense (B, D) float32; labels (B, T) float32, NaN = no label."""
+    """B rows. categorical (B, F) int32; dense (B, D) float32; labels (B, T) float32, NaN = no
+    label; weights (B,) float32 sample weights or None (every row weighs 1)."""
 
     categorical: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
+    weights: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
         return int(self.labels.shape[0])
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device))
+        weights = self.weights.to(device) if self.weights is not None else None
+        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device), weights)
 
 
 def batch_at(data: EncodedData, index: torch.Tensor) -> Batch:
     """The rows `index` (1-D int64) of `data`."""
+    weights = data.weights.index_select(0, index) if data.weights is not None else None
     return Batch(data.categorical.index_select(0, index), data.dense.index_select(0, index),
-                 data.labels.index_select(0, index))
+                 data.labels.index_select(0, index), weights)
+
+
+def rows_of(data: EncodedData, index: torch.Tensor) -> EncodedData:
+    """The rows `index` (1-D int64) of `data`, as EncodedData."""
+    batch = batch_at(data, index)
+    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks, batch.weights)
 
 
 def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -45,13 +55,12 @@ def evenly_spaced_rows(data: EncodedData, max_rows: int) -> EncodedData:
     """At most `max_rows` rows of `data`, evenly spaced (all rows when it has no more)."""
     if data.num_rows <= max_rows:
         return data
-    index = torch.linspace(0, data.num_rows - 1, max_rows).round().to(torch.int64)
-    batch = batch_at(data, index)
-    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks)
+    return rows_of(data, torch.linspace(0, data.num_rows - 1, max_rows).round().to(torch.int64))
 
 
 def ordered_batches(data: EncodedData, batch_size: int) -> Iterator[Batch]:
     """Rows in file order, as contiguous slices (no copy)."""
     for start in range(0, data.num_rows, batch_size):
         stop = start + batch_size
-        yield Batch(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop])
+        weights = data.weights[start:stop] if data.weights is not None else None
+        yield Batch(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop], weights)

@@ -1,16 +1,9 @@
 """Feature and label encoders, fit on the training split only and saved with the model.
 
-Categorical: a vocabulary per column (ids seen at least `min_frequency` times in train).
-Index 0 is reserved for out-of-vocabulary: unseen, rare and null ids all map to it.
-
-Dense: optional log1p (negative values clipped to 0 first), then standardized with the train
-mean and std. A column that had NaN in train gets a 0/1 missing-indicator input; NaN is then
-imputed with 0, the train mean after standardization.
-
-Labels: binary labels must be 0/1; regression labels get the configured transform and are
-standardized with train statistics (the model learns on that scale; predictions are mapped back
-to original units). A null label is NaN in the encoded array: no loss and no metric. With
-`train_on: parent`, the label is also NaN where the parent's label is not 1.
+Categorical and dense columns: `columns.py`; labels and sample weights: `labels.py`. The encoder
+fits every column in one pass (columns in parallel on a long-lived thread pool) and records per
+categorical column its vocabulary size, distinct ids and out-of-vocabulary rate in train, so that
+a split whose OOV rate is far above train's can be flagged.
 """
 from __future__ import annotations
 
@@ -18,28 +11,32 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from multikpi.data.columns import encode_ids, fit_encode_dense, fit_encode_ids, standardize
+from multikpi.data.labels import (
+    ColumnSource,
+    LabelStats,
+    encode_label,
+    fit_label,
+    label_values,
+    read_label,
+    read_weights,
+    to_label_units,
+    to_transformed,
+)
 from multikpi.data.specs import ColumnSpec, LabelSpec
 from multikpi.errors import ArtifactError, DataError
 
-
-class ColumnSource(Protocol):
-    """What the encoders read: a pyarrow Table, or a Parquet file decoded one column at a time."""
-
-    num_rows: int
-    column_names: list[str]
-
-    def column(self, name: str) -> pa.ChunkedArray: ...
+__all__ = ["ColumnSource", "EncodedData", "FeatureEncoder", "LabelStats"]
 
 
 @dataclass(frozen=True)
@@ -49,36 +46,41 @@ class EncodedData:
     categorical: (N, F) int32, per-column vocabulary index, 0 = out of vocabulary.
     dense:       (N, D) float32, standardized numerics then missing indicators.
     labels:      (N, T) float32 in the order of `tasks`; NaN where the task has no label.
+    weights:     (N,) float32 sample weights, or None (every row weighs 1).
     """
 
     categorical: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
     tasks: tuple[str, ...]
+    weights: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
         return int(self.categorical.shape[0])
 
-
-@dataclass(frozen=True)
-class LabelStats:
-    kind: str
-    label: str
-    transform: str
-    mean: float  # regression: mean of the transformed target; binary: base rate
-    std: float   # regression: std of the transformed target; binary: 1
-    train_on: str | None
+    def oov_rates(self) -> np.ndarray:
+        """(F,) share of rows whose id is out of vocabulary, per categorical column."""
+        if self.num_rows == 0:
+            return np.zeros(self.categorical.shape[1])
+        return (self.categorical == 0).float().mean(dim=0).numpy().astype(np.float64)
 
 
 class FeatureEncoder:
-    """Fitted encoders of the input columns and labels. Use `fit`, then `encode`; `save`/`load` round-trip."""
+    """Fitted encoders of the input columns and labels. Use `fit`, then `encode`; `save`/`load` round-trip.
+
+    vocabs: categorical column -> its vocabulary; dense_stats: dense column -> mean, std, log1p,
+    indicator; labels: task -> LabelStats; column_stats: categorical column -> distinct ids,
+    vocabulary size and OOV rate in train; weight: the sample-weight column or None."""
 
     def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict[str, Any]],
-                 labels: dict[str, LabelStats]):
+                 labels: dict[str, LabelStats], column_stats: dict[str, dict[str, float]] | None = None,
+                 weight: str | None = None):
         self.vocabs = vocabs
         self.dense_stats = dense_stats
         self.labels = labels
+        self.column_stats = column_stats or {}
+        self.weight = weight
 
     @property
     def categorical(self) -> list[str]:
@@ -99,9 +101,9 @@ class FeatureEncoder:
         return list(dict.fromkeys(s.label for s in self.labels.values()))
 
     def needed_columns(self, with_labels: bool = True) -> list[str]:
-        """Input columns, then the label columns when `with_labels`."""
-        columns = self.categorical + self.dense + (self.label_columns if with_labels else [])
-        return list(dict.fromkeys(columns))
+        """Input columns, then (when `with_labels`) the label columns and the weight column."""
+        extra = self.label_columns + ([self.weight] if self.weight else []) if with_labels else []
+        return list(dict.fromkeys(self.categorical + self.dense + extra))
 
     @property
     def missing_indicators(self) -> list[str]:
@@ -121,42 +123,45 @@ class FeatureEncoder:
                    labels: Mapping[str, LabelSpec]) -> tuple[FeatureEncoder, EncodedData]:
         """Fit on the training table and return its encoding too, in one pass over each column
         (the vocabulary comes from one hash pass that also yields the training codes)."""
-        data = columns
-        _require_columns(table, [*data.categorical, *data.dense, *(s.column for s in labels.values())])
-        categorical = np.empty((table.num_rows, len(data.categorical)), dtype=np.int32)
+        weight = [columns.weight] if columns.weight else []
+        _require_columns(table, [*columns.categorical, *columns.dense, *(s.column for s in labels.values()), *weight])
+        categorical = np.empty((table.num_rows, len(columns.categorical)), dtype=np.int32)
 
-        def fit_column(i: int, column: str) -> pa.Array:
-            vocab, categorical[:, i] = _fit_encode_ids(table.column(column), column, data.min_frequency)
-            return vocab
+        def fit_column(i: int, column: str) -> tuple[pa.Array, dict[str, float]]:
+            vocab, categorical[:, i], counts = fit_encode_ids(table.column(column), column, columns.min_frequency)
+            return vocab, counts
 
-        fitted = _in_parallel([partial(fit_column, i, c) for i, c in enumerate(data.categorical)])
-        vocabs = dict(zip(data.categorical, fitted))
+        fitted = _in_parallel([partial(fit_column, i, c) for i, c in enumerate(columns.categorical)])
+        vocabs = {c: vocab for c, (vocab, _) in zip(columns.categorical, fitted)}
+        column_stats = _column_stats(columns.categorical, [counts for _, counts in fitted], vocabs, categorical)
         # Dense columns are decoded and standardized once: statistics and values in one job each.
-        fitted_dense = _in_parallel([partial(_fit_encode_dense, table.column(c), c, c in data.log1p)
-                                     for c in data.dense])
-        dense_stats = {c: stats for c, (stats, _, _) in zip(data.dense, fitted_dense)}
-        standardized = {c: (values, missing) for c, (_, values, missing) in zip(data.dense, fitted_dense)}
-        label_stats = {name: _fit_label(_label_values(table, name, spec, labels), name, spec)
+        fitted_dense = _in_parallel([partial(fit_encode_dense, table.column(c), c, c in columns.log1p)
+                                     for c in columns.dense])
+        dense_stats = {c: stats for c, (stats, _, _) in zip(columns.dense, fitted_dense)}
+        standardized = {c: (values, missing) for c, (_, values, missing) in zip(columns.dense, fitted_dense)}
+        label_stats = {name: fit_label(label_values(table, name, spec, labels), name, spec)
                        for name, spec in labels.items()}
-        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats)
+        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats, column_stats=column_stats,
+                      weight=columns.weight)
         return encoder, encoder._encode_rest(table, categorical, with_labels=True, standardized=standardized)
 
     def encode(self, table: ColumnSource, with_labels: bool = True) -> EncodedData:
-        """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
-        labels_needed = [s.label for s in self.labels.values()] if with_labels else []
+        """Encode a table with the fitted statistics. Labels are all-NaN (and weights None) when
+        `with_labels` is False."""
+        labels_needed = self.label_columns + ([self.weight] if self.weight else []) if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
         categorical = np.empty((table.num_rows, len(self.vocabs)), dtype=np.int32)
 
         def encode_column(i: int, column: str) -> None:
-            categorical[:, i] = _encode_ids(table.column(column), self.vocabs[column], column)
+            categorical[:, i] = encode_ids(table.column(column), self.vocabs[column], column)
 
         _in_parallel([partial(encode_column, i, c) for i, c in enumerate(self.vocabs)])
         return self._encode_rest(table, categorical, with_labels)
 
     def _encode_rest(self, table: ColumnSource, categorical: np.ndarray, with_labels: bool,
                      standardized: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> EncodedData:
-        """Dense inputs and labels, around already encoded categorical codes. `standardized` holds
-        dense columns the caller has already standardized: column -> (values, missing mask)."""
+        """Dense inputs, labels and weights, around already encoded categorical codes. `standardized`
+        holds dense columns the caller has already standardized: column -> (values, missing mask)."""
         n = table.num_rows
         dense = np.empty((n, self.num_dense_inputs), dtype=np.float32)
         indicator_at = {c: len(self.dense_stats) + k for k, c in enumerate(self.missing_indicators)}
@@ -165,40 +170,45 @@ class FeatureEncoder:
             if standardized is not None:
                 values, missing = standardized[column]
             else:
-                values, missing = _standardize(table.column(column), column, self.dense_stats[column])
+                values, missing = standardize(table.column(column), column, self.dense_stats[column])
             dense[:, i] = values
             if column in indicator_at:
                 dense[:, indicator_at[column]] = missing
 
         _in_parallel([partial(encode_column, i, c) for i, c in enumerate(self.dense_stats)])
         labels = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
+        weights = None
         if with_labels:
             for i, name in enumerate(self.labels):
                 labels[:, i] = self._encode_label(table, name)
+            if self.weight:
+                weights = torch.from_numpy(read_weights(table.column(self.weight), self.weight))
         return EncodedData(torch.from_numpy(categorical), torch.from_numpy(dense),
-                           torch.from_numpy(labels), tuple(self.labels))
+                           torch.from_numpy(labels), tuple(self.labels), weights)
 
     def _encode_label(self, table: ColumnSource, name: str) -> np.ndarray:
         stats = self.labels[name]
-        values = _read_label(table.column(stats.label), name, stats.kind, stats.label)
+        values = read_label(table.column(stats.label), name, stats.kind, stats.label)
         if stats.train_on is not None:
             parent = self.labels[stats.train_on]
-            gate = _read_label(table.column(parent.label), stats.train_on, "binary", parent.label)
+            gate = read_label(table.column(parent.label), stats.train_on, "binary", parent.label)
             values = np.where(gate == 1.0, values, np.nan)
-        if stats.kind == "binary":
-            return values
-        return (_transform(values, stats.transform) - stats.mean) / stats.std
+        return encode_label(values, stats)
 
-    def to_original_units(self, task: str, standardized: np.ndarray) -> np.ndarray:
-        """Regression: model scale -> label units (undo standardization and transform)."""
-        stats = self.labels[task]
-        transformed = standardized * stats.std + stats.mean
-        return np.expm1(transformed) if stats.transform == "log1p" else transformed
+    def to_original_units(self, task: str, outputs: np.ndarray) -> np.ndarray:
+        """Regression: model scale -> the estimate of the mean label in label units (undo
+        standardization and transform, with the smearing correction of a log1p target)."""
+        return to_label_units(self.labels[task], outputs)
 
-    def to_transformed(self, task: str, standardized: np.ndarray) -> np.ndarray:
+    def to_transformed(self, task: str, outputs: np.ndarray) -> np.ndarray:
         """Regression: model scale -> transformed-target scale (e.g. log1p seconds)."""
-        stats = self.labels[task]
-        return standardized * stats.std + stats.mean
+        return to_transformed(self.labels[task], outputs)
+
+    def with_smearing(self, factors: Mapping[str, float]) -> FeatureEncoder:
+        """A copy whose log1p regression tasks carry the fitted smearing factors."""
+        labels = {t: replace(s, smearing=float(factors[t])) if t in factors else s for t, s in self.labels.items()}
+        return FeatureEncoder(vocabs=self.vocabs, dense_stats=self.dense_stats, labels=labels,
+                              column_stats=self.column_stats, weight=self.weight)
 
     def save(self, directory: Path) -> list[Path]:
         """Write encoders.json plus one Parquet file per vocabulary; returns the files written."""
@@ -208,11 +218,8 @@ class FeatureEncoder:
             path = directory / f"vocab_{i:03d}.parquet"
             pq.write_table(pa.table({"value": vocab}), path)
             files.append(path)
-        meta = {
-            "categorical": self.categorical,
-            "dense": self.dense_stats,
-            "labels": {name: vars(stats) for name, stats in self.labels.items()},
-        }
+        meta = {"categorical": self.categorical, "dense": self.dense_stats, "column_stats": self.column_stats,
+                "weight": self.weight, "labels": {name: asdict(stats) for name, stats in self.labels.items()}}
         path = directory / "encoders.json"
         path.write_text(json.dumps(meta, indent=1))
         return files + [path]
@@ -228,7 +235,20 @@ class FeatureEncoder:
             labels = {name: LabelStats(**stats) for name, stats in meta["labels"].items()}
         except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
             raise ArtifactError(f"encoders in {str(directory)!r} cannot be read: {err}") from None
-        return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels)
+        return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels,
+                   column_stats=meta.get("column_stats", {}), weight=meta.get("weight"))
+
+
+def _column_stats(names: tuple[str, ...], counts: list[dict[str, float]], vocabs: dict[str, pa.Array],
+                  codes: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per categorical column: distinct ids, vocabulary size, the OOV rate of the training rows, and
+    the expected OOV rate of new rows from the same distribution: the training OOV rate plus the
+    Good–Turing estimate of the unseen mass, ids seen once / rows (Good 1953)."""
+    rows = max(codes.shape[0], 1)
+    oov = (codes == 0).mean(axis=0) if codes.shape[0] else np.zeros(len(names))
+    return {c: {"distinct": count["distinct"], "vocab": len(vocabs[c]), "train_oov_rate": float(rate),
+                "expected_oov_rate": float(min(1.0, rate + count["singletons"] / rows))}
+            for c, count, rate in zip(names, counts, oov)}
 
 
 def _require_columns(table: ColumnSource, columns: list[str]) -> None:
@@ -236,30 +256,6 @@ def _require_columns(table: ColumnSource, columns: list[str]) -> None:
     missing = [c for c in dict.fromkeys(columns) if c not in table.column_names]
     if missing:
         raise DataError(f"input table has no column(s) {missing}; it has {table.column_names}")
-
-
-def _check_id_type(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
-            or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type)):
-        raise DataError(f"categorical column {name!r} must hold integer or string ids. Got type {column.type}")
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    return column
-
-
-def _fit_encode_ids(column: pa.ChunkedArray, name: str, min_frequency: int) -> tuple[pa.Array, np.ndarray]:
-    """(vocabulary, codes): the sorted distinct non-null values seen at least `min_frequency`
-    times, and each row's index in it + 1 (0 for null and rare ids)."""
-    column = _check_id_type(column, name)
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    distinct = encoded.dictionary
-    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32) + 1
-    keep = np.bincount(codes, minlength=len(distinct) + 1)[1:] >= min_frequency
-    order = pc.sort_indices(distinct).to_numpy()
-    kept = order[keep[order]]
-    remap = np.zeros(len(distinct) + 1, dtype=np.int32)
-    remap[kept + 1] = np.arange(1, len(kept) + 1)
-    return distinct.take(pa.array(kept)), remap[codes]
 
 
 _POOL: list[ThreadPoolExecutor] = []  # one long-lived pool per process, created on first use
@@ -273,99 +269,3 @@ def _in_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
     if not _POOL:
         _POOL.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="multikpi-encode"))
     return list(_POOL[0].map(lambda job: job(), jobs))
-
-
-def _encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
-    """Vocabulary index + 1, or 0 for unseen and null ids."""
-    if column.type != vocab.type:
-        try:
-            column = column.cast(vocab.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(
-                f"categorical column {name!r} must hold ids of type {vocab.type} as in training. Got {column.type}"
-            ) from None
-    index = pc.index_in(column, value_set=vocab)
-    return pc.fill_null(index, -1).to_numpy().astype(np.int32) + 1
-
-
-def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray:
-    """float64 values (NaN for null), log1p'd if asked. Inf is an error."""
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-            or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
-        raise DataError(f"dense column {name!r} must be numeric. Got type {column.type}")
-    values = column.cast(pa.float64()).to_numpy()
-    if np.isinf(values).any():
-        count = int(np.isinf(values).sum())
-        raise DataError(f"dense column {name!r} must be finite or null. Got {count} infinite value(s)")
-    if log1p:
-        return np.log1p(np.maximum(values, 0.0))
-    return values if values.flags.writeable else values.copy()  # Arrow's zero-copy view is read-only
-
-
-def _fit_encode_dense(column: pa.ChunkedArray, name: str, log1p: bool) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(statistics, standardized values with NaN -> 0, missing mask) of one training column."""
-    values = _dense_values(column, name, log1p)
-    missing = np.isnan(values)
-    if missing.all():
-        raise DataError(f"dense column {name!r} has no values in the training data (all null)")
-    mean = float(np.nanmean(values))
-    std = float(np.nanstd(values))
-    stats = {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p, "indicator": bool(missing.any())}
-    return stats, _scale(values, missing, stats).astype(np.float32), missing  # float32: held until assembled
-
-
-def _standardize(column: pa.ChunkedArray, name: str, stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(standardized values with NaN -> 0, missing mask) with fitted statistics."""
-    values = _dense_values(column, name, stats["log1p"])
-    missing = np.isnan(values)
-    return _scale(values, missing, stats), missing
-
-
-def _scale(values: np.ndarray, missing: np.ndarray, stats: dict) -> np.ndarray:
-    values -= stats["mean"]
-    values /= stats["std"]
-    values[missing] = 0.0
-    return values
-
-
-def _read_label(column: pa.ChunkedArray, task: str, kind: str, label: str) -> np.ndarray:
-    """float64 label values, NaN for null. Binary labels must be 0 or 1."""
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-            or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
-        raise DataError(f"label column {label!r} of task {task!r} must be numeric. Got type {column.type}")
-    values = column.cast(pa.float64()).to_numpy()
-    if np.isinf(values).any():
-        raise DataError(f"label column {label!r} of task {task!r} must be finite or null. Got infinite values")
-    if kind == "binary":
-        bad = ~np.isnan(values) & (values != 0.0) & (values != 1.0)
-        if bad.any():
-            examples = sorted(set(values[bad].tolist()))[:3]
-            raise DataError(f"label column {label!r} of binary task {task!r} must be 0 or 1. Got {examples}")
-    return values
-
-
-def _label_values(table: ColumnSource, name: str, task: LabelSpec, labels: Mapping[str, LabelSpec]) -> np.ndarray:
-    values = _read_label(table.column(task.column), name, task.kind, task.column)
-    if task.train_on is not None:
-        parent = labels[task.train_on]
-        gate = _read_label(table.column(parent.column), task.train_on, "binary", parent.column)
-        values = np.where(gate == 1.0, values, np.nan)
-    return values
-
-
-def _transform(values: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "log1p":
-        return np.log1p(np.maximum(values, 0.0))
-    return values
-
-
-def _fit_label(values: np.ndarray, name: str, task: LabelSpec) -> LabelStats:
-    present = values[~np.isnan(values)]
-    if present.size == 0:
-        raise DataError(f"task {name!r} has no labelled rows in the training data (column {task.column!r} is all null)")
-    if task.kind == "binary":
-        return LabelStats("binary", task.column, "none", float(present.mean()), 1.0, task.train_on)
-    transformed = _transform(present, task.transform)
-    std = float(transformed.std())
-    return LabelStats("regression", task.column, task.transform, float(transformed.mean()),
-                      std if std > 0 else 1.0, task.train_on)

@@ -8,20 +8,24 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ColumnSpec:
     """Input columns. `log1p` names dense columns to log1p before standardizing; ids seen fewer than
-    `min_frequency` times in train map to out-of-vocabulary."""
+    `min_frequency` times in train map to out-of-vocabulary; `weight` is the sample-weight column."""
 
     categorical: tuple[str, ...] = ()
     dense: tuple[str, ...] = ()
     log1p: tuple[str, ...] = ()
     min_frequency: int = 1
+    weight: str | None = None
 
 
 @dataclass(frozen=True)
 class LabelSpec:
     """One task's label. kind: "binary" | "regression"; transform: "none" | "log1p" (regression);
-    train_on: a binary task whose label must be 1 for this task to have a label."""
+    train_on: a binary task whose label must be 1 for this task to have a label; loss: "mse" |
+    "poisson" | "tweedie" (regression; the last two model the raw label with a log link)."""
 
     kind: str
     column: str
     transform: str = "none"
     train_on: str | None = None
+    loss: str = "mse"
+    tweedie_power: float = 1.5

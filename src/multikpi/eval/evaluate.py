@@ -2,13 +2,15 @@
 through the accumulators of `accumulators.py`."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from multikpi.data.encoders import EncodedData, FeatureEncoder
-from multikpi.eval.accumulators import BinaryAccumulator, RegressionAccumulator
+from multikpi.data.encoders import EncodedData, FeatureEncoder, LabelStats
+from multikpi.data.labels import to_label_units, to_transformed
+from multikpi.eval.accumulators import BinaryAccumulator, DevianceAccumulator, RegressionAccumulator
 from multikpi.models.esmm import parse_cvr_output_key
 from multikpi.models.multitask import MultiTaskModel
 
@@ -59,39 +61,52 @@ def estimates(outputs: dict[str, np.ndarray], encoder: FeatureEncoder) -> dict[s
 
 
 class SplitMetrics:
-    """The per-task metrics of one split, accumulated batch by batch; each task on its labelled rows.
+    """The per-task metrics of one split, accumulated batch by batch; each task on its labelled rows,
+    weighted by the sample weights when there are any.
 
-    binary: auc, logloss, calibration, pos_rate, mean_pred, count; regression: rmse, mae, pearson in
-    label units, the same with the suffix `_<transform>` on the transformed scale, and count. ESMM's
-    CTCVR task also gets `cvr_auc_on_clicked` and `cvr_logloss_on_clicked` of the CVR tower."""
+    binary: auc, logloss, calibration (mean prob / mean label), pos_rate, mean_pred, count;
+    regression: rmse, mae, pearson and calibration (mean prediction / mean label) in label units, the
+    first three again with the suffix `_<transform>` on the transformed scale, and count; every task:
+    relative_loss (DevianceAccumulator). ESMM's CTCVR task also gets `cvr_auc_on_clicked` and
+    `cvr_logloss_on_clicked` of the CVR tower."""
 
     def __init__(self, encoder: FeatureEncoder, tasks: tuple[str, ...]):
         self.encoder = encoder
         self.tasks = tasks
         self.binary: dict[str, BinaryAccumulator] = {}
         self.regression: dict[str, tuple[RegressionAccumulator, RegressionAccumulator]] = {}
+        self.deviance: dict[str, DevianceAccumulator] = {}
         self.cvr_on_clicked: dict[str, BinaryAccumulator] = {}
 
-    def update(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> None:
-        """outputs: task -> (B,) raw outputs; labels: (B, T) encoded labels, NaN = none."""
+    def update(self, outputs: dict[str, np.ndarray], labels: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """outputs: task -> (B,) raw outputs; labels: (B, T) encoded labels, NaN = none; weights: (B,) or None."""
         for column, task in enumerate(self.tasks):
             target = labels[:, column]
             labelled = ~np.isnan(target)
             if not labelled.any():
                 continue
+            w = weights[labelled] if weights is not None else None
+            values, label = outputs[task][labelled].astype(np.float64), target[labelled].astype(np.float64)
             stats = self.encoder.labels[task]
-            values = outputs[task][labelled].astype(np.float64)
+            self._deviance(task, stats).update(label, _model_scale_mean(stats, values), w)
             if stats.kind == "binary":
-                self.binary.setdefault(task, BinaryAccumulator()).update(target[labelled], _sigmoid(values))
+                self.binary.setdefault(task, BinaryAccumulator()).update(label, _sigmoid(values), w)
                 continue
-            pred = self.encoder.to_transformed(task, values)
-            label = self.encoder.to_transformed(task, target[labelled].astype(np.float64))
             units, transformed = self.regression.setdefault(
                 task, (RegressionAccumulator(), RegressionAccumulator(f"_{stats.transform}")))
-            units.update(_inverse(label, stats.transform), _inverse(pred, stats.transform))
+            label_units = to_label_units(stats, _encoded_to_model_outputs(stats, label), smeared=False)
+            units.update(label_units, to_label_units(stats, values), w)
             if stats.transform != "none":
-                transformed.update(label, pred)
+                transformed.update(to_transformed(stats, _encoded_to_model_outputs(stats, label)),
+                                   to_transformed(stats, values), w)
         self._update_cvr_on_clicked(outputs, labels)
+
+    def _deviance(self, task: str, stats: LabelStats) -> DevianceAccumulator:
+        if task not in self.deviance:
+            kind = "binary" if stats.kind == "binary" else stats.loss if stats.log_link else "regression"
+            constant = 0.0 if kind == "regression" else stats.mean
+            self.deviance[task] = DevianceAccumulator(kind, constant, stats.tweedie_power)
+        return self.deviance[task]
 
     def _update_cvr_on_clicked(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> None:
         for key, values in outputs.items():
@@ -113,6 +128,8 @@ class SplitMetrics:
             mine = self.regression.setdefault(task, fresh)
             mine[0].merge(units)
             mine[1].merge(transformed)
+        for task, dev in other.deviance.items():
+            self._deviance(task, self.encoder.labels[task]).merge(dev)
         for task, acc in other.cvr_on_clicked.items():
             self.cvr_on_clicked.setdefault(task, BinaryAccumulator()).merge(acc)
 
@@ -125,9 +142,12 @@ class SplitMetrics:
             elif task in self.regression:
                 units, transformed = self.regression[task]
                 table[task] = units.compute()
-                if transformed.count:
+                table[task]["calibration"] = units.mean_pred / units.mean_label if units.mean_label else math.nan
+                if transformed.rows:
                     table[task].update(transformed.compute())
-                table[task]["count"] = units.count
+                table[task]["count"] = units.rows
+            if task in table:
+                table[task]["relative_loss"] = self.deviance[task].relative_loss()
         for task, acc in self.cvr_on_clicked.items():
             if task in table:
                 metrics = acc.compute()
@@ -135,11 +155,23 @@ class SplitMetrics:
         return table
 
 
+def _model_scale_mean(stats: LabelStats, outputs: np.ndarray) -> np.ndarray:
+    """The model's estimate of E[encoded label]: a probability, a standardized value, or e^z."""
+    if stats.kind == "binary":
+        return _sigmoid(outputs)
+    return np.exp(outputs) if stats.log_link else outputs
+
+
+def _encoded_to_model_outputs(stats: LabelStats, encoded: np.ndarray) -> np.ndarray:
+    """An encoded regression label as the model output that would predict it exactly."""
+    return np.log(np.maximum(encoded, 1e-300)) if stats.log_link else encoded
+
+
 def task_metrics(outputs: dict[str, np.ndarray], data: EncodedData,
                  encoder: FeatureEncoder) -> dict[str, dict[str, float]]:
     """task -> metric -> value of whole-split outputs (see SplitMetrics)."""
     metrics = SplitMetrics(encoder, data.tasks)
-    metrics.update(outputs, data.labels.numpy())
+    metrics.update(outputs, data.labels.numpy(), _numpy(data.weights))
     return metrics.compute()
 
 
@@ -148,15 +180,17 @@ def evaluate_split(model: MultiTaskModel, data: EncodedData, encoder: FeatureEnc
                    on_rows: RowsDone | None = None) -> dict[str, dict[str, float]]:
     """The metrics of `model` on `data`, batch by batch (the split's outputs are never all held)."""
     metrics = SplitMetrics(encoder, data.tasks)
-    labels = data.labels.numpy()
+    labels, weights = data.labels.numpy(), _numpy(data.weights)
     for rows, outputs in output_batches(model, data, batch_size, precision, on_rows):
-        metrics.update(outputs, labels[rows])
+        metrics.update(outputs, labels[rows], weights[rows] if weights is not None else None)
     return metrics.compute()
+
+
+def _numpy(weights: torch.Tensor | None) -> np.ndarray | None:
+    return weights.numpy().astype(np.float64) if weights is not None else None
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
 
 
-def _inverse(transformed: np.ndarray, transform: str) -> np.ndarray:
-    return np.expm1(transformed) if transform == "log1p" else transformed

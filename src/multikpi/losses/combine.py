@@ -81,17 +81,33 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
     residual). Regression losses here are on the standardized target, so σ is in standard units.
     """
 
-    def __init__(self, kinds: Mapping[str, str], form: str = "kendall", init: float = 0.0):
+    pending_init: torch.Tensor
+
+    def __init__(self, kinds: Mapping[str, str], form: str = "kendall", init: float | str = 0.0):
         super().__init__()
         self.kinds = dict(kinds)
         self.form = form
+        start = 0.0 if init == "auto" else float(init)
         # One scalar parameter per task, so that a task missing from a batch gets grad None.
-        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.tensor(float(init))) for t in kinds})
+        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.tensor(start)) for t in kinds})
+        # init "auto": each s starts at the optimum for the task's first loss (a buffer: checkpointed).
+        self.register_buffer("pending_init", torch.full((len(kinds),), init == "auto"))
+        self.tasks = list(kinds)
+
+    def optimum(self, task: str, loss: float) -> float:
+        """argmin_s of the task's term for a fixed loss L: log L, or log 2L for kendall's classification term."""
+        factor = 2.0 if self.form == "kendall" and self.kinds[task] != "regression" else 1.0
+        return math.log(max(factor * loss, 1e-12))
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = []
         for task, loss in losses.items():
             s = self.log_vars[task]
+            index = self.tasks.index(task)
+            if bool(self.pending_init[index]):
+                with torch.no_grad():
+                    s.fill_(self.optimum(task, float(loss.detach())))
+                    self.pending_init[index] = False
             if self.form == "plain":
                 terms.append(torch.exp(-s) * loss + s)
             elif self.kinds[task] == "regression":
@@ -111,8 +127,6 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
 
 
 class GradNorm(nn.Module, LossCombiner):
-    initial_losses: torch.Tensor
-
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
 
     Learned weights w_t (Σ w_t = T). The network is trained on Σ_t w_t·L_t; the weights are trained on
@@ -123,6 +137,8 @@ class GradNorm(nn.Module, LossCombiner):
     the second with the gradient norms detached (so it only trains w). The weights are renormalized
     to sum to T before each use.
     """
+
+    initial_losses: torch.Tensor
 
     def __init__(self, tasks: list[str], shared_weight: nn.Parameter, alpha: float = 1.5):
         super().__init__()
@@ -162,11 +178,6 @@ class GradNorm(nn.Module, LossCombiner):
 
 
 class DynamicWeightAverage(nn.Module, LossCombiner):
-    history: torch.Tensor
-    running: torch.Tensor
-    current: torch.Tensor
-    steps_in_period: torch.Tensor
-
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
 
         w_t(k) = T · exp(r_t(k−1)/τ) / Σ_j exp(r_j(k−1)/τ),   r_t(k−1) = L̄_t(k−1) / L̄_t(k−2)
@@ -174,6 +185,11 @@ class DynamicWeightAverage(nn.Module, LossCombiner):
     where L̄_t(k) is task t's mean loss over period k (an epoch, or `window` steps) and τ the
     temperature. The first two periods use w = 1. The loss is Σ_t w_t·L_t with w constant.
     """
+
+    history: torch.Tensor
+    running: torch.Tensor
+    current: torch.Tensor
+    steps_in_period: torch.Tensor
 
     def __init__(self, tasks: list[str], temperature: float = 2.0, window: int | None = None):
         super().__init__()

@@ -1,35 +1,71 @@
 """Per-task losses over the rows that carry a label.
 
-A NaN label means "no label": the row adds nothing to that task's loss. A task's loss is the mean
-over its labelled rows in the batch; a task with no labelled row in the batch is left out of the
-returned dict, so that neither its head nor its loss weight receives a gradient from this batch.
+A NaN label means "no label": the row adds nothing to that task's loss. A task's loss is the
+(weighted) mean over its labelled rows in the batch; a task with no labelled row in the batch is
+left out of the returned dict, so that neither its head nor its loss weight receives a gradient
+from this batch.
+
+Per-row losses, with z the model output (B,) and y the encoded label (B,):
+
+    binary      BCE with logits                   log(1 + e^z) − y·z
+    regression  squared error on the standardized target (z − y)²
+    poisson     Poisson NLL, log link, μ = e^z     μ − y·z              (constant log y! dropped)
+    tweedie     Tweedie NLL, log link, 1 < p < 2   −y·e^{z(1−p)}/(1−p) + e^{z(2−p)}/(2−p)
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 
-def task_losses(
-    outputs: dict[str, torch.Tensor], labels: torch.Tensor, kinds: dict[str, str]
-) -> dict[str, torch.Tensor]:
-    """outputs: task -> (B,) logits (binary) or standardized values (regression).
-    labels: (B, T) float32 with tasks in the order of `kinds`; NaN = no label.
+def _bce(outputs: torch.Tensor, target: torch.Tensor, power: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(outputs, target, reduction="none")
 
-    Returns task -> scalar loss: BCE-with-logits for binary tasks, MSE for regression tasks,
-    each averaged over the labelled rows. Tasks without a labelled row are absent."""
+
+def _squared(outputs: torch.Tensor, target: torch.Tensor, power: float) -> torch.Tensor:
+    return (outputs - target).square()
+
+
+def _poisson(outputs: torch.Tensor, target: torch.Tensor, power: float) -> torch.Tensor:
+    return torch.exp(outputs) - target * outputs
+
+
+def _tweedie(outputs: torch.Tensor, target: torch.Tensor, power: float) -> torch.Tensor:
+    return -target * torch.exp(outputs * (1 - power)) / (1 - power) + torch.exp(outputs * (2 - power)) / (2 - power)
+
+
+# loss kind -> per-row loss (outputs, target, tweedie power) -> (B,)
+PER_ROW: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "binary": _bce,
+    "regression": _squared,
+    "poisson": _poisson,
+    "tweedie": _tweedie,
+}
+
+
+def task_losses(outputs: dict[str, torch.Tensor], labels: torch.Tensor, kinds: Mapping[str, str],
+                weights: torch.Tensor | None = None,
+                tweedie_power: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """outputs: task -> (B,) model outputs (logits; standardized values; log means).
+    labels: (B, T) float32 with tasks in the order of `kinds`; NaN = no label.
+    kinds: task -> a key of PER_ROW; weights: (B,) sample weights or None.
+
+    Returns task -> scalar loss, the weighted mean over the labelled rows. Tasks without a labelled
+    row (or whose labelled rows all weigh 0) are absent."""
     losses = {}
     for column, (task, kind) in enumerate(kinds.items()):
         target = labels[:, column]
         labelled = ~torch.isnan(target)
-        count = int(labelled.sum())
-        if count == 0:
+        if not bool(labelled.any()):
             continue
-        weight = labelled.to(target.dtype)
+        weight = labelled.to(target.dtype) if weights is None else torch.where(labelled, weights, 0.0)
+        total_weight = weight.sum()
+        if float(total_weight) <= 0:
+            continue
         target = torch.where(labelled, target, torch.zeros_like(target))
-        if kind == "binary":
-            per_row = F.binary_cross_entropy_with_logits(outputs[task], target, reduction="none")
-        else:
-            per_row = (outputs[task] - target).square()
-        losses[task] = (per_row * weight).sum() / count
+        power = (tweedie_power or {}).get(task, 1.5)
+        per_row = PER_ROW[kind](outputs[task], target, power)
+        losses[task] = (per_row * weight).sum() / total_weight
     return losses

@@ -34,8 +34,6 @@ class SharedBottom(nn.Module, SharingArchitecture):
 
 
 class SeparateNets(nn.Module, SharingArchitecture):
-    columns: torch.Tensor | None
-
     """One MLP per task and nothing shared above the input: `single_task` and `esmm`.
 
     (B, in_dim) -> {task: (B, hidden[-1])}. `nets` is a ModuleDict task -> MLP; parameters are
@@ -50,6 +48,8 @@ class SeparateNets(nn.Module, SharingArchitecture):
       tasks read disjoint slices of it, so there is nothing to balance: validate.py rejects
       gradnorm with single_task, and the training loop only asks for the layer, never uses it.
     """
+
+    columns: torch.Tensor | None
 
     def __init__(self, *, nets: nn.ModuleDict, out_dim: int, shared_layer: nn.Module,
                  columns: torch.Tensor | None = None):

@@ -26,8 +26,6 @@ class _GatherRows(torch.autograd.Function):
 
 
 class FeatureEmbedding(nn.Module):
-    offsets: torch.Tensor
-
     """All categorical columns in one embedding table, addressed through per-column offsets.
 
     One table instead of F small ones: one gather in the forward pass, one scatter in the
@@ -35,6 +33,8 @@ class FeatureEmbedding(nn.Module):
 
     forward: categorical (B, F) int32 or int64 vocabulary indices -> (B, F * dim) float32.
     """
+
+    offsets: torch.Tensor
 
     def __init__(self, vocab_sizes: list[int], dim: int, init_std: float = 0.01):
         super().__init__()

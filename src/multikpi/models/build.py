@@ -2,6 +2,7 @@
 `BUILDERS`, whose keys are those of the catalogue `multikpi.config.architectures.ARCHITECTURES`."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -107,9 +108,12 @@ def build_model(spec: ModelSpec, tasks: Mapping[str, TaskSpec], encoder: Feature
 
 
 def _output_bias(task: str, encoder: FeatureEncoder, graph: TaskGraph) -> float:
-    """logit(base rate) for a binary task, 0 for regression. ESMM's CVR tower (the CTCVR task's
+    """logit(base rate) for a binary task, log(mean label) for a log-link regression, 0 for mse
+    regression (the target is standardized). ESMM's CVR tower (the CTCVR task's
     tower) starts at logit(rate of CTCVR / rate of CTR), so that pCTR * pCVR starts at the CTCVR rate."""
     stats = encoder.labels[task]
+    if stats.log_link:  # poisson / tweedie: the output is log E[y]
+        return math.log(max(stats.mean, 1e-8))
     if stats.kind != "binary":
         return 0.0
     ctr = graph.entire_space.get(task)

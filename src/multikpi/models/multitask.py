@@ -23,6 +23,8 @@ class MultiTaskModel(nn.Module):
     graph:      the order in which heads run and which estimates feed which tower.
     """
 
+    output_offsets: torch.Tensor
+
     def __init__(self, embeddings: FeatureEmbedding, shared: SharingArchitecture, heads: nn.ModuleDict,
                  graph: TaskGraph):
         super().__init__()
@@ -30,6 +32,11 @@ class MultiTaskModel(nn.Module):
         self.shared: SharingArchitecture = shared
         self.heads = heads
         self.graph = graph
+        # Added to each task's final output (a logit shift for binary tasks, a log-mean shift for
+        # log-link regressions) after training so that the estimates are right on average
+        # (training/centering.py); 0 while training. After the task graph, so that a downstream
+        # tower always reads its upstream estimate as it was trained.
+        self.register_buffer("output_offsets", torch.zeros(len(heads)))
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Batch (categorical (B, F), dense (B, D)) -> dict task -> (B,) logit or standardized value.
@@ -47,4 +54,13 @@ class MultiTaskModel(nn.Module):
             if upstream is not None:
                 features = torch.cat([features, upstream], dim=1)
             outputs.update(self.graph.task_outputs(task, self.heads[task](features), outputs))
+        for i, task in enumerate(self.heads):
+            outputs[task] = outputs[task] + self.output_offsets[i]
         return outputs
+
+    def add_output_offsets(self, offsets: dict[str, float]) -> None:
+        """Shift the named tasks' outputs by `offsets` more (the others are unchanged)."""
+        with torch.no_grad():
+            for i, task in enumerate(self.heads):
+                if task in offsets:
+                    self.output_offsets[i] += float(offsets[task])

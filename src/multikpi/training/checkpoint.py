@@ -36,6 +36,8 @@ class LoopState:
     epoch_loss_sums: dict[str, list[float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     epochs_log: list[dict[str, Any]] = field(default_factory=list)
+    selection: dict[str, Any] | None = None  # training.selection.Selection.state_dict()
+    done: bool = False  # the loop finished (or stopped early); what is left is the final phase
 
 
 def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner: nn.Module,
@@ -53,6 +55,8 @@ def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner:
         "epoch_loss_sums": state.epoch_loss_sums,
         "history": state.history,
         "epochs_log": state.epochs_log,
+        "selection": state.selection,
+        "done": state.done,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -79,6 +83,7 @@ def load_checkpoint(run_dir: Path, model: nn.Module, combiner: nn.Module, optimi
     return LoopState(
         epoch=payload["epoch"], batches_done=payload["batches_done"], step=payload["step"],
         epoch_loss_sums=payload["epoch_loss_sums"], history=payload["history"], epochs_log=payload["epochs_log"],
+        selection=payload["selection"], done=payload["done"],
     )
 
 

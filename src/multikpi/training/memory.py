@@ -50,7 +50,7 @@ def check_memory(model: nn.Module, batch_size: int, train_rows: int, input_width
 
 
 @contextlib.contextmanager
-def out_of_memory_as_error(batch_size: int) -> Iterator[None]:
+def out_of_memory_as_error(batch_size: int | str) -> Iterator[None]:
     """Re-raise an allocator failure inside the block as a one-line TrainingError."""
     try:
         yield

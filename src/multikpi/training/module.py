@@ -3,12 +3,13 @@ returns the loss (torchrec's `DLRMTrain` pattern). The recipe, the benchmarks an
 with `build_training`; a DistributedDataParallel wrapper wraps it whole, learned loss weights included."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from multikpi.config.schema import RunConfig
+from multikpi.config.schema import RunConfig, TaskSpec
 from multikpi.data.batches import Batch
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.losses.combine import LossCombiner, build_combiner
@@ -29,15 +30,18 @@ class StepOutput:
 
 
 class MultiTaskTraining(nn.Module):
-    """model: logits per task; combiner: per-task losses -> one scalar; kinds: task -> binary | regression.
+    """model: outputs per task; combiner: per-task losses -> one scalar; loss_kinds: task -> binary |
+    regression | poisson | tweedie (`losses.task_losses.PER_ROW`); tweedie_power: task -> p.
 
     forward(batch) -> StepOutput. Parameters: `model.*` and `combiner.*`."""
 
-    def __init__(self, *, model: MultiTaskModel, combiner: nn.Module, kinds: dict[str, str]):
+    def __init__(self, *, model: MultiTaskModel, combiner: nn.Module, loss_kinds: dict[str, str],
+                 tweedie_power: dict[str, float] | None = None):
         super().__init__()
         self.model = model
         self.combiner = combiner
-        self.kinds = dict(kinds)
+        self.loss_kinds = dict(loss_kinds)
+        self.tweedie_power = dict(tweedie_power or {})
 
     @property
     def loss_combiner(self) -> LossCombiner:
@@ -46,7 +50,7 @@ class MultiTaskTraining(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:
         outputs = self.model(batch)  # logits and output units are float32 whatever the autocast dtype
-        losses = task_losses(outputs, batch.labels, self.kinds)
+        losses = task_losses(outputs, batch.labels, self.loss_kinds, batch.weights, self.tweedie_power)
         total = self.loss_combiner(losses) if losses else None
         return StepOutput(total, losses, outputs)
 
@@ -57,4 +61,10 @@ def build_training(config: RunConfig, encoder: FeatureEncoder) -> MultiTaskTrain
     shared_weight = model.shared.last_shared_layer().weight
     assert isinstance(shared_weight, nn.Parameter)
     combiner = build_combiner(config, shared_weight)
-    return MultiTaskTraining(model=model, combiner=combiner, kinds={t: s.kind for t, s in config.tasks.items()})
+    return MultiTaskTraining(model=model, combiner=combiner, loss_kinds=loss_kinds(config.tasks),
+                             tweedie_power={t: s.tweedie_power for t, s in config.tasks.items() if s.loss == "tweedie"})
+
+
+def loss_kinds(tasks: Mapping[str, TaskSpec]) -> dict[str, str]:
+    """task -> its per-row loss: binary, regression (mse), poisson or tweedie."""
+    return {t: s.kind if s.kind == "binary" or s.loss == "mse" else s.loss for t, s in tasks.items()}

@@ -1,6 +1,7 @@
 """What the recipe does before the loop: seeding, and reading and encoding the splits."""
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -8,10 +9,13 @@ import pyarrow as pa
 import torch
 
 from multikpi.config.schema import RunConfig
-from multikpi.data.encoders import EncodedData, FeatureEncoder
+from multikpi.data.encoders import ColumnSource, EncodedData, FeatureEncoder
 from multikpi.data.specs import ColumnSpec, LabelSpec
+from multikpi.data.split import RowSubset, group_values, holdout_rows
 from multikpi.data.tabular import open_columns
 from multikpi.models.esmm import check_entire_space_labels
+
+logger = logging.getLogger("multikpi")
 
 
 def seed_everything(seed: int, threads: int | None, deterministic: bool = False) -> None:
@@ -28,8 +32,9 @@ def seed_everything(seed: int, threads: int | None, deterministic: bool = False)
 def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
     """The config's input columns and each task's label, as the data layer's plain specs."""
     data = config.data
-    columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency)
-    labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on)
+    columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
+                         data.weight)
+    labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power)
               for name, task in config.tasks.items()}
     return columns, labels
 
@@ -38,24 +43,38 @@ def needed_columns(config: RunConfig, with_labels: bool = True) -> list[str]:
     """The input columns of `config`, then (when `with_labels`) the label columns."""
     columns = list(config.data.categorical) + list(config.data.dense)
     if with_labels:
-        columns += [t.label for t in config.tasks.values()]
+        columns += [t.label for t in config.tasks.values()] + ([config.data.weight] if config.data.weight else [])
     return list(dict.fromkeys(columns))
 
 
 def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedData]]:
-    """Read train (and valid/test when configured), fit the encoders on train, encode every split."""
-    columns = needed_columns(config)
-    train_table = open_columns(config.data.train, columns)
+    """Read train (and valid/test when configured), fit the encoders on train, encode every split.
+    Without `data.valid`, `data.valid_fraction` of the training rows (of its groups, with
+    `data.group`) is held out as the valid split, before the encoders are fitted."""
+    data = config.data
+    held_out = data.valid is None and data.valid_fraction > 0
+    columns = needed_columns(config) + ([data.group] if held_out and data.group else [])
+    train_table: ColumnSource = open_columns(data.train, list(dict.fromkeys(columns)))
+    valid_table: ColumnSource | None = None
+    if held_out:
+        groups = group_values(train_table, data.group) if data.group else None
+        train_rows, valid_rows = holdout_rows(train_table.num_rows, data.valid_fraction, config.train.seed, groups)
+        train_table, valid_table = RowSubset(train_table, train_rows), RowSubset(train_table, valid_rows)
+        logger.info("data: no data.valid; held out %d of %d training rows%s as the valid split (data.valid_fraction "
+                    "%g, seed %d)", valid_rows.size, train_rows.size + valid_rows.size,
+                    f" by {data.group!r}" if data.group else "", data.valid_fraction, config.train.seed)
     encoder, train_data = FeatureEncoder.fit_encode(train_table, *encoder_specs(config))
     splits = {"train": train_data}
-    del train_table
-    for name, path in (("valid", config.data.valid), ("test", config.data.test)):
+    if valid_table is not None:
+        splits["valid"] = encoder.encode(valid_table)
+    del train_table, valid_table
+    for name, path in (("valid", data.valid), ("test", data.test)):
         if path is not None:
-            splits[name] = encoder.encode(open_columns(path, columns))
+            splits[name] = encoder.encode(open_columns(path, needed_columns(config)))
     esmm = config.model.esmm
     if config.model.arch == "esmm" and esmm is not None:  # a data value check: conversions must follow clicks
-        for name, data in splits.items():
-            check_entire_space_labels(data.labels.numpy(), list(data.tasks), esmm.ctr, esmm.ctcvr, name)
+        for name, encoded in splits.items():
+            check_entire_space_labels(encoded.labels.numpy(), list(encoded.tasks), esmm.ctr, esmm.ctcvr, name)
     # The raw columns are gone; hand the Arrow allocator's cached pages back to the OS (about 150 MB
     # of resident memory on the 1M-row benchmark) before the model and optimizer state arrive.
     pa.default_memory_pool().release_unused()
