@@ -42,7 +42,7 @@ def fit_encode_ids(column: pa.ChunkedArray, name: str,
     kept = order[keep[order]]
     remap = np.zeros(len(distinct) + 1, dtype=np.int32)
     remap[kept + 1] = np.arange(1, len(kept) + 1)
-    counts = {"distinct": len(distinct), "singletons": int((frequency == 1).sum())}
+    counts: dict[str, float] = {"distinct": len(distinct), "singletons": int((frequency == 1).sum())}
     return distinct.take(pa.array(kept)), remap[codes], counts
 
 
