@@ -140,12 +140,13 @@ def test_tune_decision_end_to_end(run_dir, feed_files, tmp_path, capsys):
 
 def test_tune_decision_with_a_template_and_range(run_dir, feed_files, tmp_path):
     out = tmp_path / "tuned"
-    assert main(_tune(run_dir, feed_files["valid"], out, "--template", "click + w_c * convert",
+    # At w_c = 0 the template is the baseline itself, so the constraint can always be met.
+    assert main(_tune(run_dir, feed_files["valid"], out, "--template", f"{SCORE} + w_c * convert",
                       "--range", "w_c=0:20")) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["baseline"]["score"] == SCORE  # the run's decide.score
     assert 0 <= result["chosen"]["weights"]["w_c"] <= 20
-    assert result["chosen"]["score"] == f"click + {result['chosen']['weights']['w_c']:g} * convert"
+    assert result["chosen"]["score"] == f"{SCORE} + {result['chosen']['weights']['w_c']:g} * convert"
 
 
 @pytest.mark.parametrize("extra, message", [

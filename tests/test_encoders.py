@@ -21,12 +21,13 @@ from multikpi.training.setup import encoder_specs
 NAN = float("nan")
 
 
-def make_config(categorical=("user",), dense=("x",), log1p=(), min_frequency=1, tasks=None):
+def make_config(categorical=("user",), dense=("x",), log1p=(), min_frequency=1, tasks=None, numeric_bins=0):
+    # numeric_bins 0: these tests are about the categorical and scalar dense inputs; bins have their own tests
     if tasks is None:
         tasks = {"click": {"kind": "binary", "label": "click"}}
     return config_from_dict({
         "data": {"train": "train.parquet", "categorical": list(categorical), "dense": list(dense),
-                 "log1p": list(log1p), "min_frequency": min_frequency},
+                 "log1p": list(log1p), "min_frequency": min_frequency, "numeric_bins": numeric_bins},
         "tasks": tasks,
     })
 
@@ -510,3 +511,39 @@ def test_fit_encode_equals_fit_then_encode(min_frequency):
     assert torch.equal(encoded.labels.isnan(), again.labels.isnan())
     if min_frequency == 2:
         assert (encoded.categorical[:, 1] == 0).any()  # rare items went out of vocabulary
+
+
+# --- numeric bins ----------------------------------------------------------------------------
+
+
+def test_few_distinct_values_get_one_bin_each_and_missing_gets_bin_0():
+    config = make_config(numeric_bins=4)
+    table = pa.table({"user": [1, 2, 3, 4, 5, 6], "x": [3.0, 1.0, None, 3.0, 7.0, 1.0], "click": [0, 1, 0, 1, 0, 1]})
+    encoder, encoded = FeatureEncoder.fit_encode(table, *encoder_specs(config))
+    assert encoder.binned == ["x"] and encoder.dense_stats["x"]["bin_edges"] == [2.0, 5.0]  # midpoints of 1, 3, 7
+    assert encoder.vocab_sizes == [7, 4]  # 6 users + OOV; 3 value bins + the missing bin
+    assert encoded.categorical[:, 1].tolist() == [2, 1, 0, 2, 3, 1]
+    # New values fall into the bin of the nearest training value's side of a midpoint.
+    other = pa.table({"user": [1, 1, 1], "x": [0.0, 2.5, 100.0], "click": [0, 0, 0]})
+    assert encoder.encode(other).categorical[:, 1].tolist() == [1, 2, 3]
+
+
+def test_many_distinct_values_get_quantile_bins():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=10_000)
+    config = make_config(numeric_bins=8)
+    table = pa.table({"user": np.zeros(10_000, dtype=np.int64), "x": values, "click": (values > 0).astype(np.int8)})
+    encoder, encoded = FeatureEncoder.fit_encode(table, *encoder_specs(config))
+    edges = np.asarray(encoder.dense_stats["x"]["bin_edges"])
+    assert edges == pytest.approx(np.quantile(values, np.linspace(0, 1, 9)[1:-1]))
+    counts = np.bincount(encoded.categorical[:, 1].numpy(), minlength=9)
+    assert counts[0] == 0 and np.all(np.abs(counts[1:] - 1250) <= 1)  # equal-mass bins
+
+
+def test_bins_round_trip_through_save_and_load(tmp_path):
+    config = make_config(numeric_bins=3)
+    encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
+    encoder.save(tmp_path / "enc")
+    loaded = FeatureEncoder.load(tmp_path / "enc")
+    assert loaded.vocab_sizes == encoder.vocab_sizes
+    assert torch.equal(loaded.encode(train_table()).categorical, encoder.encode(train_table()).categorical)

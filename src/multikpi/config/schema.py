@@ -27,6 +27,9 @@ class DataSpec(Spec):
     dense: list[str] = Field(default_factory=list)
     log1p: list[str] = Field(default_factory=list, description="dense columns to log1p before standardizing")
     min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
+    numeric_bins: int = Field(128, ge=0, le=4096, description=(
+        "each dense column also enters as an embedded bin index: one bin per distinct value when it has at "
+        "most this many, else this many quantile bins; 0 = off"))
     id_columns: list[str] = Field(default_factory=list, description="passed through by predict and rank")
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0, description=(
         "without `valid`: the share of train held out (seeded by train.seed) for early stopping and calibration"))

@@ -6,6 +6,14 @@ out-of-vocabulary: unseen, rare and null ids all map to it.
 Dense: optional log1p (negative values clipped to 0 first), then standardized with the train mean
 and std. A column that had NaN in train gets a 0/1 missing-indicator input; NaN is then imputed
 with 0, the train mean after standardization.
+
+Numeric bins (`numeric_bins` B > 0): each dense column is also cut into bins whose index is one
+more categorical input, so that the model learns an embedding per bin: a piecewise-constant
+function of the value, which an MLP on the standardized scalar learns slowly (Gorishniy, Rubachev &
+Babenko, "On Embeddings for Numerical Features in Tabular Deep Learning", NeurIPS 2022). A column
+with at most B distinct training values gets one bin per value (edges at the midpoints: ages,
+counts, codes, the spikes of capital gains); any other column B quantile bins (edges are the
+distinct quantiles, so heavy ties give fewer bins). Bin 0 is for missing values.
 """
 from __future__ import annotations
 
@@ -73,24 +81,53 @@ def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray
     return values if values.flags.writeable else values.copy()  # Arrow's zero-copy view is read-only
 
 
-def fit_encode_dense(column: pa.ChunkedArray, name: str,
-                     log1p: bool) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """(statistics, standardized values with NaN -> 0, missing mask) of one training column."""
+DenseEncoding = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # standardized, missing, bin codes
+
+
+def fit_encode_dense(column: pa.ChunkedArray, name: str, log1p: bool,
+                     bins: int = 0) -> tuple[dict[str, Any], DenseEncoding]:
+    """(statistics, (standardized values with NaN -> 0, missing mask, bin codes or None)) of one
+    training column; `bins` > 0 also fits the bin edges (`statistics["bin_edges"]`)."""
     values = _dense_values(column, name, log1p)
     missing = np.isnan(values)
     if missing.all():
         raise DataError(f"dense column {name!r} has no values in the training data (all null)")
     mean = float(np.nanmean(values))
     std = float(np.nanstd(values))
-    stats = {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p, "indicator": bool(missing.any())}
-    return stats, _scale(values, missing, stats).astype(np.float32), missing  # float32: held until assembled
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        raise DataError(f"dense column {name!r}: its mean or std overflows float64 (values up to "
+                        f"{np.nanmax(np.abs(values)):g}); rescale it or add it to data.log1p")
+    stats: dict[str, Any] = {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p,
+                             "indicator": bool(missing.any())}
+    codes = None
+    if bins > 0:
+        stats["bin_edges"] = bin_edges(values[~missing], bins).tolist()
+        codes = bin_codes(values, np.asarray(stats["bin_edges"]))
+    return stats, (_scale(values, missing, stats).astype(np.float32), missing, codes)  # float32: held until assembled
 
 
-def standardize(column: pa.ChunkedArray, name: str, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(standardized values with NaN -> 0, missing mask) with fitted statistics."""
+def standardize(column: pa.ChunkedArray, name: str, stats: dict[str, Any]) -> DenseEncoding:
+    """(standardized values with NaN -> 0, missing mask, bin codes or None) with fitted statistics."""
     values = _dense_values(column, name, stats["log1p"])
     missing = np.isnan(values)
-    return _scale(values, missing, stats), missing
+    codes = bin_codes(values, np.asarray(stats["bin_edges"])) if "bin_edges" in stats else None
+    return _scale(values, missing, stats), missing, codes
+
+
+def bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Interior bin edges of the non-missing training `values`: midpoints between the distinct
+    values when there are at most `bins` of them, else the distinct (bins)-quantiles."""
+    distinct = np.unique(values)
+    if distinct.size <= bins:
+        return (distinct[1:] + distinct[:-1]) / 2.0
+    return np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+
+
+def bin_codes(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """int32 bin index + 1 of each value (1..len(edges)+1), 0 for NaN."""
+    codes = np.searchsorted(edges, values, side="right").astype(np.int32) + 1
+    codes[np.isnan(values)] = 0
+    return codes
 
 
 def _scale(values: np.ndarray, missing: np.ndarray, stats: dict[str, Any]) -> np.ndarray:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from multikpi.data.columns import encode_ids, fit_encode_dense, fit_encode_ids, standardize
+from multikpi.data.columns import DenseEncoding, encode_ids, fit_encode_dense, fit_encode_ids, standardize
 from multikpi.data.labels import (
     ColumnSource,
     LabelStats,
@@ -91,9 +91,16 @@ class FeatureEncoder:
         return list(self.dense_stats)
 
     @property
+    def binned(self) -> list[str]:
+        """Dense columns that also have a binned categorical input (after the categorical columns)."""
+        return [c for c, s in self.dense_stats.items() if "bin_edges" in s]
+
+    @property
     def vocab_sizes(self) -> list[int]:
-        """Rows of each column's embedding table, including the out-of-vocabulary row 0."""
-        return [len(v) + 1 for v in self.vocabs.values()]
+        """Rows of each embedded column's table, including row 0 (out of vocabulary / missing): the
+        categorical columns, then the binned dense columns."""
+        bins = [len(self.dense_stats[c]["bin_edges"]) + 2 for c in self.binned]
+        return [len(v) + 1 for v in self.vocabs.values()] + bins
 
     @property
     def label_columns(self) -> list[str]:
@@ -125,7 +132,8 @@ class FeatureEncoder:
         (the vocabulary comes from one hash pass that also yields the training codes)."""
         weight = [columns.weight] if columns.weight else []
         _require_columns(table, [*columns.categorical, *columns.dense, *(s.column for s in labels.values()), *weight])
-        categorical = np.empty((table.num_rows, len(columns.categorical)), dtype=np.int32)
+        binned = len(columns.dense) if columns.numeric_bins > 0 else 0
+        categorical = np.empty((table.num_rows, len(columns.categorical) + binned), dtype=np.int32)
 
         def fit_column(i: int, column: str) -> tuple[pa.Array, dict[str, float]]:
             vocab, categorical[:, i], counts = fit_encode_ids(table.column(column), column, columns.min_frequency)
@@ -133,12 +141,13 @@ class FeatureEncoder:
 
         fitted = _in_parallel([partial(fit_column, i, c) for i, c in enumerate(columns.categorical)])
         vocabs = {c: vocab for c, (vocab, _) in zip(columns.categorical, fitted)}
-        column_stats = _column_stats(columns.categorical, [counts for _, counts in fitted], vocabs, categorical)
+        column_stats = _column_stats(columns.categorical, [counts for _, counts in fitted], vocabs,
+                                     categorical[:, :len(columns.categorical)])
         # Dense columns are decoded and standardized once: statistics and values in one job each.
-        fitted_dense = _in_parallel([partial(fit_encode_dense, table.column(c), c, c in columns.log1p)
-                                     for c in columns.dense])
-        dense_stats = {c: stats for c, (stats, _, _) in zip(columns.dense, fitted_dense)}
-        standardized = {c: (values, missing) for c, (_, values, missing) in zip(columns.dense, fitted_dense)}
+        fitted_dense = _in_parallel([partial(fit_encode_dense, table.column(c), c, c in columns.log1p,
+                                             columns.numeric_bins) for c in columns.dense])
+        dense_stats = {c: stats for c, (stats, _) in zip(columns.dense, fitted_dense)}
+        standardized = {c: encoded for c, (_, encoded) in zip(columns.dense, fitted_dense)}
         label_stats = {name: fit_label(label_values(table, name, spec, labels), name, spec)
                        for name, spec in labels.items()}
         encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats, column_stats=column_stats,
@@ -150,7 +159,7 @@ class FeatureEncoder:
         `with_labels` is False."""
         labels_needed = self.label_columns + ([self.weight] if self.weight else []) if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
-        categorical = np.empty((table.num_rows, len(self.vocabs)), dtype=np.int32)
+        categorical = np.empty((table.num_rows, len(self.vocabs) + len(self.binned)), dtype=np.int32)
 
         def encode_column(i: int, column: str) -> None:
             categorical[:, i] = encode_ids(table.column(column), self.vocabs[column], column)
@@ -159,21 +168,25 @@ class FeatureEncoder:
         return self._encode_rest(table, categorical, with_labels)
 
     def _encode_rest(self, table: ColumnSource, categorical: np.ndarray, with_labels: bool,
-                     standardized: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> EncodedData:
-        """Dense inputs, labels and weights, around already encoded categorical codes. `standardized`
-        holds dense columns the caller has already standardized: column -> (values, missing mask)."""
+                     standardized: dict[str, DenseEncoding] | None = None) -> EncodedData:
+        """Dense inputs (and their bin codes), labels and weights, around already encoded categorical
+        codes. `standardized` holds dense columns the caller has already encoded (column ->
+        (values, missing mask, bin codes))."""
         n = table.num_rows
         dense = np.empty((n, self.num_dense_inputs), dtype=np.float32)
         indicator_at = {c: len(self.dense_stats) + k for k, c in enumerate(self.missing_indicators)}
+        bins_at = {c: len(self.vocabs) + k for k, c in enumerate(self.binned)}
 
         def encode_column(i: int, column: str) -> None:
             if standardized is not None:
-                values, missing = standardized[column]
+                values, missing, codes = standardized[column]
             else:
-                values, missing = standardize(table.column(column), column, self.dense_stats[column])
+                values, missing, codes = standardize(table.column(column), column, self.dense_stats[column])
             dense[:, i] = values
             if column in indicator_at:
                 dense[:, indicator_at[column]] = missing
+            if codes is not None:
+                categorical[:, bins_at[column]] = codes
 
         _in_parallel([partial(encode_column, i, c) for i, c in enumerate(self.dense_stats)])
         labels = np.full((n, len(self.labels)), np.nan, dtype=np.float32)

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ColumnSpec:
     """Input columns. `log1p` names dense columns to log1p before standardizing; ids seen fewer than
-    `min_frequency` times in train map to out-of-vocabulary; `weight` is the sample-weight column."""
+    `min_frequency` times in train map to out-of-vocabulary; `weight` is the sample-weight column;
+    `numeric_bins` > 0 also gives each dense column a binned categorical input (columns.py)."""
 
     categorical: tuple[str, ...] = ()
     dense: tuple[str, ...] = ()
     log1p: tuple[str, ...] = ()
     min_frequency: int = 1
     weight: str | None = None
+    numeric_bins: int = 0
 
 
 @dataclass(frozen=True)

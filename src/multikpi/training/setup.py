@@ -33,7 +33,7 @@ def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
     """The config's input columns and each task's label, as the data layer's plain specs."""
     data = config.data
     columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
-                         data.weight)
+                         data.weight, data.numeric_bins)
     labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power)
               for name, task in config.tasks.items()}
     return columns, labels
