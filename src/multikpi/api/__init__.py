@@ -1,6 +1,7 @@
 """The Python API, mirroring the CLI: train, evaluate, predict, load_config."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,15 @@ import pyarrow as pa
 from multikpi.artifacts.run_dir import serving_settings
 from multikpi.config.load import config_from_dict, load_config
 from multikpi.config.schema import RunConfig
+from multikpi.data.diagnostics import oov_warnings
 from multikpi.data.tabular import open_columns
 from multikpi.eval.calibration import calibrators_from_json
 from multikpi.eval.evaluate import evaluate_split
 from multikpi.serve.predictor import Predictor
 from multikpi.training.recipe import train as _train_recipe
 from multikpi.training.run import Run
+
+logger = logging.getLogger("multikpi")
 
 __all__ = ["evaluate", "load_config", "predict", "predictor_of", "rank", "train"]
 
@@ -43,6 +47,8 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float
     predictor = Predictor.load(run_dir)
     table = open_columns(data, predictor.encoder.needed_columns())
     encoded = predictor.encoder.encode(table)
+    for warning in oov_warnings(predictor.encoder, encoded, str(data)):
+        logger.warning("warning: %s", warning)
     return evaluate_split(predictor.model, encoded, predictor.encoder, predictor.serving.batch_size,
                           predictor.precision)
 
@@ -51,7 +57,7 @@ def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | 
             calibrated: bool = True) -> pa.Table:
     """Estimates of a finished run: `keep` columns (default: `data.id_columns`), then one column per
     task; binary probabilities calibrated as `decide.calibration` says unless `calibrated` is False."""
-    return Predictor.load(run_dir).predict(data, keep, calibrated=calibrated)
+    return Predictor.load(run_dir).predict(data, keep, calibrated=calibrated, warn=True)
 
 
 def rank(run_dir: str | Path, data: str | Path, group: str, top_k: int | None = None,

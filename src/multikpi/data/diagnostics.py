@@ -6,7 +6,7 @@ from multikpi.data.encoders import EncodedData, FeatureEncoder
 
 NEARLY_UNIQUE = 0.9      # distinct ids / rows above which a column looks like an id or free text
 MIN_ROWS_FOR_UNIQUE = 1000
-OOV_GAP = 0.1            # a split's OOV rate this much above the expected one (and twice it) is flagged
+OOV_GAP = 0.1            # a split's OOV rate at least this much above the expected one may be flagged
 
 
 def nearly_unique_columns(encoder: FeatureEncoder, train_rows: int) -> list[str]:
@@ -26,7 +26,8 @@ def oov_warnings(encoder: FeatureEncoder, data: EncodedData, split: str) -> list
     for column, rate in zip(encoder.categorical, data.oov_rates()):
         stats = encoder.column_stats.get(column, {})
         expected = stats.get("expected_oov_rate", stats.get("train_oov_rate", 0.0))
-        if rate > expected + OOV_GAP and rate > 2 * expected:
+        # flagged when more than half of the rows expected in vocabulary are not (and by OOV_GAP)
+        if rate > expected + max(OOV_GAP, (1.0 - expected) / 2):
             warnings.append(f"categorical column {column!r}: {rate:.1%} of the {split} rows are out of vocabulary "
                             f"(expected from train: {expected:.1%}); are its ids from the same id space as in "
                             f"training?")

@@ -5,6 +5,7 @@ A Predictor holds no per-call state: the model is in eval mode and runs under `i
 so one instance may serve concurrent callers from several threads."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from multikpi.artifacts.run_dir import LoadedRun, load_run
 from multikpi.artifacts.serving import ServingSettings
 from multikpi.config.schema import RunConfig
+from multikpi.data.diagnostics import oov_warnings
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.data.tabular import column_names as _column_names
 from multikpi.data.tabular import open_columns
@@ -23,6 +25,8 @@ from multikpi.eval.calibration import TaskCalibrator, apply_calibration, calibra
 from multikpi.eval.evaluate import estimates, model_outputs
 from multikpi.models.multitask import MultiTaskModel
 from multikpi.models.precision import resolve_device, resolve_precision
+
+logger = logging.getLogger("multikpi")
 
 
 class Predictor:
@@ -64,7 +68,7 @@ class Predictor:
         return self.encoder.categorical + self.encoder.dense
 
     def predict(self, table: Any, keep: list[str] | tuple[str, ...] | None = None,
-                calibrated: bool = True) -> pa.Table:
+                calibrated: bool = True, warn: bool = False) -> pa.Table:
         """table: a pyarrow Table, a pandas DataFrame, a dict of columns, or a Parquet/CSV path.
 
         Returns a Table with the `keep` columns passed through (default: those of the id columns
@@ -76,15 +80,18 @@ class Predictor:
         missing = [c for c in list(keep) + self.feature_columns() if c not in table.column_names]
         if missing:
             raise DataError(f"input has no column(s) {missing}; the model needs {self.feature_columns()}")
-        values = self.estimates(table, calibrated)
+        values = self.estimates(table, calibrated, warn)
         columns = {c: table.column(c) for c in keep}
         columns.update({task: pa.array(np.asarray(values[task], dtype=np.float64)) for task in self.tasks})
         return pa.table(columns)
 
-    def estimates(self, table: pa.Table, calibrated: bool = True) -> dict[str, np.ndarray]:
+    def estimates(self, table: Any, calibrated: bool = True, warn: bool = False) -> dict[str, np.ndarray]:
         """task -> (N,) estimates of the rows of `table`: probabilities (calibrated unless told not
         to) for binary tasks, label units for regression tasks."""
         data = self.encoder.encode(table, with_labels=False)
+        if warn:
+            for warning in oov_warnings(self.encoder, data, "input"):
+                logger.warning("warning: %s", warning)
         outputs = model_outputs(self.model, data, self.serving.batch_size, self.precision)
         values = estimates(outputs, self.encoder)
         if calibrated:
