@@ -5,7 +5,15 @@
      "loss_weights": {task: {name: value}},        effective combiner weights at the end
      "timing": {"total_seconds": s, "train_examples_per_second": r},
      "calibration": {...} | null,                  fitted on valid (multikpi.eval.calibration)
-     "gate_usage": {task: [weight per expert]} | null}   mmoe / ple, mean over the last epoch
+     "gate_usage": {task: [weight per expert]} | null,   mmoe / ple, mean over the last epoch
+     "selection": {"monitor": str, "epoch": int, "step": int, "per_task_best_epoch": {task: int}} | null,
+     "label_coverage": {split: {task: {"rows", "labelled", "masked_by_train_on", "missing", "positives"}}} | null,
+     "data_summary": {"rows": {split: n}, "vocabulary": {column: {"size", "oov_rate": {split: r}}},
+                      "dense": [column], "missing_indicators": [column]} | null,
+     "regression_bins": {"split": str, "tasks": {task: {...}}} | null}   predicted vs actual, residuals
+
+The keys after `gate_usage` are optional: metrics files written before them read back as None
+(multikpi.eval.diagnostics computes them; the report draws them when present).
 """
 from __future__ import annotations
 
@@ -31,17 +39,25 @@ class RunMetrics:
     timing: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     gate_usage: dict[str, list[float]] | None = None
+    selection: dict[str, Any] | None = None  # the kept epoch (early stopping); None = the last epoch
+    label_coverage: dict[str, dict[str, dict[str, int]]] | None = None
+    data_summary: dict[str, Any] | None = None
+    regression_bins: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "splits": self.splits, "loss_weights": self.loss_weights, "timing": self.timing,
-                "calibration": self.calibration, "gate_usage": self.gate_usage}
+                "calibration": self.calibration, "gate_usage": self.gate_usage, "selection": self.selection,
+                "label_coverage": self.label_coverage, "data_summary": self.data_summary,
+                "regression_bins": self.regression_bins}
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> RunMetrics:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"metrics format must be {FORMAT}")
         return cls(splits=payload["splits"], loss_weights=payload["loss_weights"], timing=payload["timing"],
-                   calibration=payload.get("calibration"), gate_usage=payload.get("gate_usage"))
+                   calibration=payload.get("calibration"), gate_usage=payload.get("gate_usage"),
+                   selection=payload.get("selection"), label_coverage=payload.get("label_coverage"),
+                   data_summary=payload.get("data_summary"), regression_bins=payload.get("regression_bins"))
 
     def save(self, path: Path) -> None:
         """Atomic write; NaN metrics (an AUC of a one-class split) are written as JSON null."""

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
+from multikpi.cli.report_commands import add_parser as add_report_parser
 from multikpi.errors import MultiKPIError
 
 DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
@@ -19,11 +20,11 @@ Command = Callable[[argparse.Namespace], int | None]
 def _commands() -> dict[str, Command]:
     """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
     answer without loading torch."""
-    from multikpi.cli import commands, decide_commands
+    from multikpi.cli import commands, decide_commands, report_commands
 
     return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
-            "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
+            "rank": decide_commands.rank, "tune-decision": decide_commands.tune, "report": report_commands.report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="directory of the runs and of compare.md/json")
 
     add_decide_parsers(sub)  # rank, tune-decision
+    add_report_parser(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from multikpi.data.batches import evenly_spaced_rows
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.sources import BatchSource, InMemorySource
 from multikpi.eval.calibration import calibrate_run
+from multikpi.eval.diagnostics import data_summary, label_coverage, regression_bins
 from multikpi.eval.evaluate import evaluate_split
 from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.optim.build import OptimizerSet, build_optimizers
@@ -33,6 +34,7 @@ from multikpi.training.checkpoint import LoopState, check_resumable, load_checkp
 from multikpi.training.memory import check_memory, out_of_memory_as_error
 from multikpi.training.module import MultiTaskTraining, build_training
 from multikpi.training.run import Run, mean_gate_usage, step_record
+from multikpi.training.scalars import TENSORBOARD_DIR, ScalarLog
 from multikpi.training.setup import load_splits, seed_everything
 from multikpi.training.step import train_step
 
@@ -53,6 +55,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
+    scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     source: BatchSource = InMemorySource(splits["train"], config.train.batch_size, config.train.seed)
@@ -79,6 +82,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
                 state.step += 1
                 assert result.total is not None
                 _record_step(state, epoch, result.losses, result.total, training, optimizers)
+                scalars.log_step(state.history[-1])
             state.batches_done += 1
             rows_this_session += batch.num_rows
             bar.update(1)
@@ -94,6 +98,8 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
         if every is not None:
             save_checkpoint(run_dir, state, model, training.combiner, optimizers)
         logger.info(_format_summary(summary))
+        scalars.log_epoch(summary, state.step)
+    scalars.close()
 
     # The train split is scored on an evenly spaced sample: a fit diagnostic, not worth the memory.
     scored = splits | {"train": evenly_spaced_rows(splits["train"], config.train.train_metrics_rows)}
@@ -103,6 +109,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
     calibration, metrics.calibration = calibrate_run(model, splits, encoder, config.train.eval_batch_size, precision)
     metrics.loss_weights = combiner.weights()
     metrics.gate_usage = mean_gate_usage(state.history, source.steps_per_epoch) or None  # mmoe/ple: last epoch
+    metrics.label_coverage = label_coverage(splits, encoder)  # for the report (multikpi.eval.diagnostics)
+    metrics.data_summary = data_summary(splits, encoder)
+    metrics.regression_bins = regression_bins(model, splits, encoder, config.train.eval_batch_size, precision)
     metrics.timing = {"total_seconds": time.perf_counter() - started,
                       "train_examples_per_second": state.epochs_log[-1]["examples_per_second"]}
     artifacts = RunArtifacts(encoder, model, training.combiner, metrics, state.history, state.epochs_log,
