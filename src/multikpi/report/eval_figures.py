@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from multikpi.report.figures import Figure, finish, mark_epochs, new_figure, task_colors
+from multikpi.report.figures import Figure, finish, new_figure, step_axis, task_colors
 from multikpi.report.run_report import RunReport
 
 CALIBRATION_CURVES = (("reliability", "raw", "ece_raw", "black"),
@@ -175,9 +175,8 @@ def gates_over_steps_figure(report: RunReport) -> Figure | None:
         ax = axes[k // cols, k % cols]
         for j, name in enumerate(names):
             ax.plot(steps, gates[task][:, j], lw=1.1, label=name)
-        mark_epochs(ax, report, with_label=False)
+        step_axis(ax, report, with_label=False)
         ax.set_title(f"{task}: gate weight per expert", fontsize=10)
-        ax.set_xlabel("step")
         ax.set_ylabel("batch-mean gate weight")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)

@@ -90,8 +90,11 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
         return np.where(counts > 0, sums / counts, np.nan)
 
 
-def mark_epochs(ax: Any, report: RunReport, with_label: bool) -> None:
-    """Dotted lines at the epoch boundaries and a green line at the end of the kept epoch."""
+def step_axis(ax: Any, report: RunReport, with_label: bool) -> None:
+    """An x axis of global steps (integer ticks) with dotted lines at the epoch boundaries and a
+    green line at the end of the kept epoch."""
+    ax.set_xlabel("step")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ends = report.epoch_end_steps()
     for epoch, step in ends.items():
         if epoch != max(ends):
@@ -145,7 +148,7 @@ def _loss_panel(ax: Any, report: RunReport, train: tuple[np.ndarray, np.ndarray]
             label=f"train, moving mean of {window} steps" if window > 1 else "train, per step")
     if valid[1].size:
         ax.plot(valid[0], valid[1], "o--", color="black", ms=4, lw=1, label="valid, at epoch end")
-    mark_epochs(ax, report, with_label=True)
+    step_axis(ax, report, with_label=True)
     ax.grid(alpha=0.3)
 
 
@@ -220,8 +223,7 @@ def weights_figure(report: RunReport) -> Figure:
                 ax.plot(steps, values, color=colors[task], lw=1.4, label=task)
             ax.set_title("effective loss weight" if panel == "weight" else "uncertainty σ² = exp(log_var)", fontsize=10)
             ax.set_ylabel("weight" if panel == "weight" else "σ² (standardized units)")
-        mark_epochs(ax, report, with_label=False)
-        ax.set_xlabel("step")
+        step_axis(ax, report, with_label=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     return finish(fig, "weights", f"Loss combiner: {combine}",

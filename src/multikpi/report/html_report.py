@@ -29,6 +29,7 @@ from multikpi.report.run_tables import (
     coverage_table,
     data_tables,
     decision_summary,
+    headline_metrics,
     metrics_table,
     task_table,
     timing_table,
@@ -86,7 +87,8 @@ def run_page(report: RunReport) -> dict[str, Any]:
     model = report.config.get("model", {})
     decision = report.decision
     return {
-        "title": f"multikpi run {report.run_dir.resolve().name}",
+        "title": f"Run report: {report.run_dir.resolve().name}",
+        "headline_metrics": headline_metrics(report),
         "run_dir": str(report.run_dir),
         "headline": {"arch": model.get("arch", "shared_bottom"), "combine": report.config.get("loss", {}).get(
             "combine", "sum"), "epochs": len(report.epochs), "kept_epoch": report.kept_epoch,

@@ -10,6 +10,23 @@ METRIC_ORDER = ("auc", "logloss", "calibration", "pos_rate", "mean_pred", "cvr_a
                 "cvr_logloss_on_clicked", "rmse", "mae", "pearson")
 
 
+def headline_metrics(report: RunReport) -> list[str]:
+    """Per task its main metric on test (else valid), e.g. "click auc 0.7412 (test)": AUC for binary
+    tasks, Pearson (on the transformed scale when there is one) for regression tasks."""
+    splits = report.metrics.splits
+    split = next((s for s in ("test", "valid", "train") if s in splits), None)
+    if split is None:
+        return []
+    facts = []
+    for task, kind in report.tasks.items():
+        values = splits[split].get(task, {})
+        transform = report.label_stats[task]["transform"]
+        metric = "auc" if kind == "binary" else ("pearson" if transform == "none" else f"pearson_{transform}")
+        if metric in values:
+            facts.append(f"{task} {metric} {format_value(values[metric])}")
+    return [f"{fact} ({split})" for fact in facts]
+
+
 def task_table(report: RunReport) -> str:
     header = ["task", "kind", "label", "transform", "train_on", "inputs_from"]
     rows = [[task, spec["kind"], spec["label"], spec.get("transform", "none"), spec.get("train_on") or "",
