@@ -20,11 +20,21 @@ Command = Callable[[argparse.Namespace], int | None]
 def _commands() -> dict[str, Command]:
     """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
     answer without loading torch."""
-    from multikpi.cli import commands, decide_commands, report_commands
+    from multikpi.cli import commands, decide_commands
 
     return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
-            "rank": decide_commands.rank, "tune-decision": decide_commands.tune, "report": report_commands.report}
+            "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
+
+
+def _command(name: str) -> Command:
+    """The function of subcommand `name`. `report` only reads files: it is imported alone, so that
+    it never loads torch."""
+    if name == "report":
+        from multikpi.cli.report_commands import report
+
+        return report
+    return _commands()[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     _use_returning_allocator()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return _commands()[args.command](args) or 0
+        return _command(args.command)(args) or 0
     except MultiKPIError as err:
         print(f"multikpi {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from multikpi.errors import ArtifactError
-from multikpi.report.figures import Figure, finish, new_figure
+from multikpi.report.figures import Figure, Margins, finish, new_figure
 from multikpi.report.tables import render_table
 
 ARCH_COLORS = {"single_task": "0.55", "shared_bottom": "tab:blue", "mmoe": "tab:orange", "ple": "tab:green",
@@ -46,7 +46,7 @@ def load_compare(directory: Path) -> Comparison:
 def metric_bars_figure(comparison: Comparison) -> Figure:
     """One panel per task: each arch's mean (bar) ± sample std over seeds (error bar), the seeds as dots."""
     tasks = comparison.tasks
-    fig, axes = new_figure(1, len(tasks), panel_height=3.4)
+    fig, axes = new_figure(1, len(tasks), panel_height=3.4, margins=Margins(bottom=1.0))
     for ax, task in zip(axes[0], tasks):
         rows = comparison.rows_of(task)
         x = np.arange(len(rows))
@@ -75,7 +75,7 @@ def gain_figure(comparison: Comparison) -> Figure | None:
     if comparison.result.get("baseline") is None:
         return None
     tasks = comparison.tasks
-    fig, axes = new_figure(1, len(tasks), panel_height=3.0)
+    fig, axes = new_figure(1, len(tasks), panel_height=3.0, margins=Margins(left=1.1, between_columns=1.3))
     for ax, task in zip(axes[0], tasks):
         rows = [r for r in comparison.rows_of(task) if "gain" in r]
         y = np.arange(len(rows))
@@ -104,7 +104,7 @@ def compare_gates_figure(comparison: Comparison) -> Figure | None:
     if not usage:
         return None
     fig, axes = new_figure(1, len(usage), panel_height=0.45 * len(comparison.tasks) + 2.2,
-                           width=min(11.0, 4.6 * len(usage)))
+                           width=min(11.0, 4.6 * len(usage)), margins=Margins(left=1.0, between_columns=1.4))
     for ax, (arch, per_seed) in zip(axes[0], usage.items()):
         tasks = list(per_seed[0])
         weights = np.mean([[seed[t] for t in tasks] for seed in per_seed], axis=0)
@@ -136,7 +136,7 @@ def compare_page(comparison: Comparison) -> dict[str, Any]:
             cells += [row.get("gain"), _none_if_nan(row.get("gain_std")), row.get("gain_pct"),
                       "yes" if row.get("negative_transfer") else ""]
         rows.append(cells)
-    return {"title": f"multikpi compare {comparison.directory.resolve().name}", "directory": str(comparison.directory),
+    return {"title": f"Compare report: {comparison.directory}", "directory": str(comparison.directory),
             "split": result["split"], "seeds": result["seeds"], "archs": result["archs"],
             "baseline": result.get("baseline"), "figures": {f.key: f for f in figures if f is not None},
             "table": render_table(header, rows, style="html"),

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from multikpi.report.figures import Figure, finish, new_figure, step_axis, task_colors
+from multikpi.report.figures import Figure, Margins, finish, new_figure, step_axis, task_colors
 from multikpi.report.run_report import RunReport
 
 CALIBRATION_CURVES = (("reliability", "raw", "ece_raw", "black"),
@@ -27,7 +27,8 @@ def calibration_figure(report: RunReport) -> Figure | None:
         return None
     block = report.metrics.calibration[split]  # type: ignore[index]
     tasks = [t for t in report.tasks if t in block]
-    fig, axes = new_figure(1, len(tasks), panel_height=3.6, width=min(11.0, 3.7 * len(tasks)))
+    fig, axes = new_figure(1, len(tasks), panel_height=3.6, width=min(11.0, 3.7 * len(tasks)),
+                           margins=Margins(top=0.6, between_columns=0.9))
     for ax, task in zip(axes[0], tasks):
         entry = block[task]
         top = 0.0
@@ -135,7 +136,8 @@ def gates_figure(report: RunReport) -> Figure | None:
     tasks = list(usage)
     weights = np.array([usage[t] for t in tasks])
     names = expert_names(report, weights.shape[1])
-    fig, axes = new_figure(1, 2, panel_height=0.35 * len(tasks) + 1.7)
+    fig, axes = new_figure(1, 2, panel_height=0.35 * len(tasks) + 1.7,
+                           margins=Margins(left=1.0, bottom=0.9, between_columns=1.6))
     ax = axes[0, 0]
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=max(float(weights.max()), 1e-9), aspect="auto")
     for (i, j), value in np.ndenumerate(weights):
@@ -196,7 +198,8 @@ def coverage_figure(report: RunReport, split: str = "train") -> Figure | None:
     tasks = [t for t in report.tasks if t in coverage]
     parts = (("labelled", "with a label", "tab:green"), ("masked_by_train_on", "masked by train_on", "tab:orange"),
              ("missing", "no label", "0.75"))
-    fig, axes = new_figure(1, 1, panel_height=0.45 * len(tasks) + 1.5, width=9.0)
+    fig, axes = new_figure(1, 1, panel_height=0.45 * len(tasks) + 1.5, width=9.0,
+                           margins=Margins(left=1.1, top=0.7))
     ax = axes[0, 0]
     left = np.zeros(len(tasks))
     for key, label, color in parts:
@@ -209,7 +212,7 @@ def coverage_figure(report: RunReport, split: str = "train") -> Figure | None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"share of the {coverage[tasks[0]]['rows']:,} {split} rows")
-    ax.set_title(f"label coverage per task ({split})", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right", ncols=3)
+    ax.set_title(f"label coverage per task ({split})", fontsize=10, loc="left")
+    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, frameon=False)
     return finish(fig, "coverage", "Label coverage", "Rows that train each task: with a label, rows whose label "
                   "is ignored because the train_on parent is not 1, and rows without a label.")

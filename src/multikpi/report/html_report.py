@@ -87,9 +87,9 @@ def run_page(report: RunReport) -> dict[str, Any]:
     model = report.config.get("model", {})
     decision = report.decision
     return {
-        "title": f"Run report: {report.run_dir.resolve().name}",
+        "title": f"Run report: {report.run_dir}",
         "headline_metrics": headline_metrics(report),
-        "run_dir": str(report.run_dir),
+        "run_dir": str(report.run_dir.resolve()),
         "headline": {"arch": model.get("arch", "shared_bottom"), "combine": report.config.get("loss", {}).get(
             "combine", "sum"), "epochs": len(report.epochs), "kept_epoch": report.kept_epoch,
             "steps": report.history[-1]["step"] if report.history else 0,

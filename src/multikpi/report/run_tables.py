@@ -67,7 +67,7 @@ def coverage_table(report: RunReport) -> str | None:
             positives = c["positives"] if report.tasks.get(task) == "binary" else None
             rows.append([split, task, c["rows"], c["labelled"], c["masked_by_train_on"], c["missing"], positives,
                          f"{100 * c['labelled'] / max(c['rows'], 1):.1f}%"])
-    header = ["split", "task", "rows", "with a label", "masked by train_on", "no label", "positives", "labelled"]
+    header = ["split", "task", "rows", "with a label", "masked by train_on", "no label", "positives", "share labelled"]
     return render_table(header, rows, style="html")
 
 
