@@ -246,3 +246,15 @@ def test_report_of_a_compare_directory_from_real_runs(tiny_config, tmp_path):
     result = yaml.safe_load((tmp_path / "cmp" / "compare.json").read_text())
     for row in result["rows"]:
         assert f"<td>{row['arch']}</td><td>{row['task']}</td><td>{row['metric']}</td>" in out.read_text()
+
+
+def test_the_report_command_loads_no_torch(tmp_path):
+    """The report reads files only: `multikpi report` never imports torch (about 2 s of its budget)."""
+    import subprocess
+    import sys
+
+    run = _written_run(tmp_path)
+    code = (f"import sys; from multikpi.cli.main import main; assert main(['report', {str(run)!r}]) == 0; "
+            f"print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-2:] == ["False", "True"]
