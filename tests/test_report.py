@@ -121,6 +121,17 @@ def test_kept_epoch_comes_from_the_selection(tmp_path):
     assert "kept <b>epoch 2</b>" in text
 
 
+def test_expert_names_follow_the_gate_usage_order(tmp_path):
+    from dataclasses import replace
+
+    from multikpi.report.eval_figures import expert_names
+
+    report = load_run_report(_written_run(tmp_path))
+    ple = replace(report, config={**report.config, "model": {"arch": "ple", "num_specific_experts": 1}})
+    assert expert_names(ple, 3) == ["own 1", "shared 1", "shared 2"]  # PLE.gate_usage: task-specific, then shared
+    assert expert_names(report, 2) == ["expert 1", "expert 2"]
+
+
 def test_a_run_written_before_the_optional_sections_still_has_a_report(tmp_path):
     from multikpi.api import report
 

@@ -30,6 +30,8 @@ COMBINER_NOTES = {
     "dwa": "DWA (Liu et al. 2019): λ, from the ratio of the last two periods' losses",
 }
 
+WEIGHT_TITLES = {"gradnorm": "GradNorm weight w per task", "dwa": "DWA weight λ per task"}
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -246,7 +248,8 @@ def weights_figure(report: RunReport) -> Figure:
                 values = report.step_weights(task, "weight") if panel == "weight" else \
                     np.exp(report.step_weights(task, "log_var"))
                 ax.plot(steps, values, color=colors[task], lw=1.4, label=task)
-            ax.set_title("effective loss weight" if panel == "weight" else "uncertainty σ² = exp(log_var)", fontsize=10)
+            ax.set_title(WEIGHT_TITLES.get(combine, "effective loss weight") if panel == "weight"
+                         else "uncertainty σ² = exp(log_var)", fontsize=10)
             ax.set_ylabel("weight" if panel == "weight" else "σ² (standardized units)")
         step_axis(ax, report, with_label=False)
         ax.grid(alpha=0.3)
