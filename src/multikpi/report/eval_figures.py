@@ -155,7 +155,8 @@ def gates_figure(report: RunReport) -> Figure | None:
     bars.set_ylabel("mean gate weight")
     bars.tick_params(axis="x", labelrotation=30, labelsize=8)
     bars.grid(alpha=0.3, axis="y")
-    bars.legend(fontsize=7)
+    bars.set_ylim(0, 1.3 * max(float(load.max()), 1.0 / len(names)))  # room for the legend above the bars
+    bars.legend(fontsize=7, loc="upper right")
     arch = report.config.get("model", {}).get("arch", "")
     return finish(fig, "gates", f"{arch}: gate usage",
                   "Each row sums to 1: how much of the task's tower input comes from each expert "
