@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint demo bench bench-data clean
+.PHONY: setup test test-fast lint demo bench bench-data clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# The browser test (tests/test_report_browser.py) needs Chromium; without it, it skips and says why.
 test: lint
+	-@$(MAKE) --no-print-directory browser
 	$(BIN)/python -m pytest tests
 
 test-fast: lint
@@ -30,6 +32,13 @@ test-fast: lint
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(BIN)/multikpi
+
+# Debian's Chromium for the report's browser test (Playwright drives /usr/bin/chromium; it downloads
+# no browser of its own). Installs with apt-get as root; elsewhere it says what to run.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "browser: $$(chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "browser: chromium is not installed; run: sudo apt-get install -y chromium" >&2; exit 1; fi
 
 clean:
 	rm -rf demo runs

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: synthetic feed -> train -> evaluate -> predict, on built-in data only.
+# make demo: synthetic feed -> train -> evaluate -> predict -> report, on built-in data only.
 set -euo pipefail
 MULTIKPI=${1:-multikpi}
 cd "$(dirname "$0")/.."
@@ -10,3 +10,8 @@ cd "$(dirname "$0")/.."
 "$MULTIKPI" train configs/demo.yaml
 "$MULTIKPI" evaluate demo/run demo/test.parquet --json demo/test_metrics.json
 "$MULTIKPI" predict demo/run demo/test.parquet --out demo/predictions.parquet --keep request_id,item_id
+"$MULTIKPI" tune-decision demo/run demo/valid.parquet --group request_id --objective convert@10 \
+    --constraint "click@10 >= 0.98*baseline" --trials 30
+"$MULTIKPI" report demo/run --out demo/report.html
+echo "report: $(pwd)/demo/report.html (open it in a browser; it needs no server)"
+echo "TensorBoard scalars: tensorboard --logdir demo/run/tensorboard"

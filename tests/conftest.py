@@ -45,3 +45,23 @@ def tiny_config(feed_files, tmp_path) -> dict:
     config["data"].update({k: str(v) for k, v in feed_files.items()})
     config["out_dir"] = str(tmp_path / "run")
     return config
+
+
+@pytest.fixture(scope="session")
+def report_run(feed_files, tmp_path_factory) -> Path:
+    """A finished run with everything the report draws: mmoe (gates), uncertainty weighting, a
+    regression task, `train_on`, valid and test, 2 epochs, TensorBoard scalars, and a tune-decision
+    directory (a few trials) inside it."""
+    from multikpi import train
+    from multikpi.cli.main import main
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["data"].update({k: str(v) for k, v in feed_files.items()})
+    config["model"].update({"arch": "mmoe", "num_experts": 3})
+    config["loss"] = {"combine": "uncertainty"}
+    config["tasks"]["convert"]["train_on"] = "click"
+    config["train"].update({"epochs": 2, "tensorboard": True, "precision": "fp32"})
+    run_dir = train(config, out_dir=tmp_path_factory.mktemp("report") / "run").run_dir
+    assert main(["tune-decision", str(run_dir), str(feed_files["valid"]), "--group", "request_id",
+                 "--objective", "convert@5", "--constraint", "click@5 >= 0.9*baseline", "--trials", "6"]) == 0
+    return run_dir

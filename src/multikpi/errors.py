@@ -32,3 +32,7 @@ class ArtifactError(MultiKPIError):
 
 class TrainingError(MultiKPIError):
     """Training that cannot go on (a non-finite loss, out of memory)."""
+
+
+class ReportError(MultiKPIError):
+    """`multikpi report` was pointed at something it cannot report on, or asked to write a non-HTML file."""

@@ -20,7 +20,7 @@ from multikpi.training.run import Run
 
 logger = logging.getLogger("multikpi")
 
-__all__ = ["evaluate", "load_config", "predict", "predictor_of", "rank", "train"]
+__all__ = ["evaluate", "load_config", "predict", "predictor_of", "rank", "report", "train"]
 
 
 def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
@@ -75,3 +75,11 @@ def rank(run_dir: str | Path, data: str | Path, group: str, top_k: int | None = 
     candidates = load_candidates(predictor, data, group, decide.calibration, with_labels=False)
     ids = [c for c in predictor.serving.id_columns if c in candidates.table.column_names]
     return ranked_table(candidates, evaluate_scores(formula, candidates), group, top_k or decide.top_k, ids)
+
+
+def report(directory: str | Path, out: str | Path | None = None) -> Path:
+    """Write the self-contained HTML report of a run directory or of a `compare` directory to `out`
+    (default: DIRECTORY/report.html); returns its path (docs/report.md)."""
+    from multikpi.report.html_report import write_report
+
+    return write_report(directory, out)

@@ -1,9 +1,33 @@
-"""Artifacts: the run directory's layout, atomic writes, the manifest, and saving and loading a run."""
-from multikpi.artifacts.files import write_atomic, write_json, write_jsonl, write_yaml
-from multikpi.artifacts.manifest import verify_run, write_manifest
-from multikpi.artifacts.metrics import RunMetrics
-from multikpi.artifacts.run_dir import LoadedRun, RunArtifacts, load_run, save_run, serving_settings, start_run_dir
-from multikpi.artifacts.serving import ServingSettings
+"""Artifacts: the run directory's layout, atomic writes, the manifest, and saving and loading a run.
 
-__all__ = ["LoadedRun", "RunArtifacts", "RunMetrics", "ServingSettings", "load_run", "save_run", "serving_settings",
-           "start_run_dir", "verify_run", "write_atomic", "write_manifest", "write_json", "write_jsonl", "write_yaml"]
+The names are imported lazily (PEP 562): `multikpi.artifacts.metrics` and `.manifest` read a run's
+files without torch, which `run_dir` (the weights) needs; the report reads runs that way."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "write_atomic": "multikpi.artifacts.files", "write_json": "multikpi.artifacts.files",
+    "write_jsonl": "multikpi.artifacts.files", "write_yaml": "multikpi.artifacts.files",
+    "verify_run": "multikpi.artifacts.manifest", "write_manifest": "multikpi.artifacts.manifest",
+    "RunMetrics": "multikpi.artifacts.metrics",
+    "LoadedRun": "multikpi.artifacts.run_dir", "RunArtifacts": "multikpi.artifacts.run_dir",
+    "load_run": "multikpi.artifacts.run_dir", "save_run": "multikpi.artifacts.run_dir",
+    "serving_settings": "multikpi.artifacts.run_dir", "start_run_dir": "multikpi.artifacts.run_dir",
+    "ServingSettings": "multikpi.artifacts.serving",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'multikpi.artifacts' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

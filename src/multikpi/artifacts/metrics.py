@@ -9,7 +9,14 @@
      "selection": {"monitor", "value", "epoch", "step", "evaluations", "per_task_best_epoch",
                    "per_task_best_step"} | null,   the evaluation whose weights were kept
      "training": {"batch_size", "steps", "epochs", "steps_per_epoch"},   what the recipe chose and ran
-     "warnings": [one line each]}
+     "warnings": [one line each],
+     "label_coverage": {split: {task: {"rows", "labelled", "masked_by_train_on", "missing", "positives"}}} | null,
+     "data_summary": {"rows": {split: n}, "vocabulary": {column: {"size", "oov_rate": {split: r}}},
+                      "dense": [column], "missing_indicators": [column]} | null,
+     "regression_bins": {"split": str, "tasks": {task: {...}}} | null}   predicted vs actual, residuals
+
+The keys after `gate_usage` are optional: metrics files written before them read back as None
+(multikpi.eval.diagnostics computes them; the report draws them when present).
 """
 from __future__ import annotations
 
@@ -35,14 +42,18 @@ class RunMetrics:
     timing: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     gate_usage: dict[str, list[float]] | None = None
-    selection: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None  # the kept evaluation (early stopping); None = the last epoch
     training: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    label_coverage: dict[str, dict[str, dict[str, int]]] | None = None
+    data_summary: dict[str, Any] | None = None
+    regression_bins: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "splits": self.splits, "loss_weights": self.loss_weights, "timing": self.timing,
                 "calibration": self.calibration, "gate_usage": self.gate_usage, "selection": self.selection,
-                "training": self.training, "warnings": self.warnings}
+                "training": self.training, "warnings": self.warnings, "label_coverage": self.label_coverage,
+                "data_summary": self.data_summary, "regression_bins": self.regression_bins}
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> RunMetrics:
@@ -51,7 +62,8 @@ class RunMetrics:
         return cls(splits=payload["splits"], loss_weights=payload["loss_weights"], timing=payload["timing"],
                    calibration=payload.get("calibration"), gate_usage=payload.get("gate_usage"),
                    selection=payload.get("selection"), training=payload.get("training", {}),
-                   warnings=list(payload.get("warnings", [])))
+                   warnings=list(payload.get("warnings", [])), label_coverage=payload.get("label_coverage"),
+                   data_summary=payload.get("data_summary"), regression_bins=payload.get("regression_bins"))
 
     def save(self, path: Path) -> None:
         """Atomic write; NaN metrics (an AUC of a one-class split) are written as JSON null."""

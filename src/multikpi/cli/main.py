@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
+from multikpi.cli.report_commands import add_parser as add_report_parser
 from multikpi.errors import MultiKPIError
 
 DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
@@ -24,6 +25,16 @@ def _commands() -> dict[str, Command]:
     return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
             "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
+
+
+def _command(name: str) -> Command:
+    """The function of subcommand `name`. `report` only reads files: it is imported alone, so that
+    it never loads torch."""
+    if name == "report":
+        from multikpi.cli.report_commands import report
+
+        return report
+    return _commands()[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="directory of the runs and of compare.md/json")
 
     add_decide_parsers(sub)  # rank, tune-decision
+    add_report_parser(sub)
     return parser
 
 
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     _use_returning_allocator()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return _commands()[args.command](args) or 0
+        return _command(args.command)(args) or 0
     except MultiKPIError as err:
         print(f"multikpi {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -149,6 +149,7 @@ class TrainSpec(Spec):
     checkpoint_every: PositiveInt | None = Field(
         500, description="steps between checkpoints (one is also written at each epoch end); null = none")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bitwise-repeatable runs")
+    tensorboard: bool = Field(False, description="also write per-step and per-epoch scalars to RUN_DIR/tensorboard")
 
     @field_validator("progress", mode="before")
     @classmethod

@@ -174,7 +174,10 @@ class GradNorm(nn.Module, LossCombiner):
             w.mul_(len(self.tasks) / total)
 
     def weights(self) -> dict[str, dict[str, float]]:
-        return {t: {"weight": float(w.detach())} for t, w in self.task_weights.items()}
+        """The weights the next step uses: renormalized to sum to T (the last optimizer step moved them)."""
+        raw = {t: max(float(w.detach()), 1e-4) for t, w in self.task_weights.items()}
+        total = sum(raw.values())
+        return {t: {"weight": len(raw) * w / total} for t, w in raw.items()}
 
 
 class DynamicWeightAverage(nn.Module, LossCombiner):

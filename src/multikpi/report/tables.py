@@ -1,7 +1,8 @@
-"""The one table renderer: the CLI's aligned text tables and the Markdown tables of compare,
-tune-decision and the reports."""
+"""The one table renderer: the CLI's aligned text tables, the Markdown tables of compare and
+tune-decision, and the HTML tables of the run report."""
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 
@@ -23,9 +24,12 @@ def format_value(value: object, digits: int = 4) -> str:
 
 
 def render_table(header: Sequence[str], rows: Sequence[Sequence[object]], style: str = "text") -> str:
-    """`style` "markdown": a GitHub table; "text": columns padded to a common width, text left-
-    aligned and numbers right-aligned, for a terminal. Cells go through `format_value`."""
+    """`style` "markdown": a GitHub table; "html": a <table> with escaped cells, numbers in cells of
+    class "num"; "text": columns padded to a common width, text left-aligned and numbers right-
+    aligned, for a terminal. Cells go through `format_value`."""
     cells = [[format_value(c) for c in row] for row in rows]
+    if style == "html":
+        return _html_table(header, rows, cells)
     if style == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
@@ -37,6 +41,16 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[object]], style:
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(list(header))] + [line(row) for row in cells])
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]], cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row, texts in zip(rows, cells):
+        tds = "".join(f'<td class="num">{html.escape(t)}</td>' if _is_number(v) and v is not None
+                      else f"<td>{html.escape(t)}</td>" for v, t in zip(row, texts))
+        body.append(f"<tr>{tds}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _is_number(value: object) -> bool:

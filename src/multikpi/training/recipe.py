@@ -28,6 +28,7 @@ from multikpi.data.batches import evenly_spaced_rows
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.sources import BatchSource, InMemorySource
 from multikpi.eval.calibration import calibrate_run
+from multikpi.eval.diagnostics import data_summary, label_coverage, regression_bins
 from multikpi.eval.evaluate import evaluate_split
 from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.optim.build import OptimizerSet, build_optimizers
@@ -37,6 +38,7 @@ from multikpi.training.checkpoint import LoopState, check_resumable, load_checkp
 from multikpi.training.memory import check_memory, out_of_memory_as_error
 from multikpi.training.module import MultiTaskTraining, build_training
 from multikpi.training.run import Run, mean_gate_usage, step_record
+from multikpi.training.scalars import TENSORBOARD_DIR, ScalarLog
 from multikpi.training.selection import Selection, auto_batch_size, monitor_name
 from multikpi.training.setup import load_splits, seed_everything
 from multikpi.training.step import train_step
@@ -59,6 +61,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
+    scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     batch_size = _batch_size(config, splits["train"].num_rows)
@@ -74,7 +77,8 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
     state = _start_or_resume(run_dir, config, resume, training, optimizers, selection)
     check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
 
-    _loop(config, run_dir, state, training, optimizers, source, splits, encoder, precision, selection)
+    _loop(config, run_dir, state, training, optimizers, source, splits, encoder, precision, selection, scalars)
+    scalars.close()
 
     if selection is not None and config.train.epochs == "auto":
         selection.restore({"model": model, "combiner": training.combiner})
@@ -91,6 +95,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
     metrics.warnings = run_warnings(config, encoder, splits, metrics, state.history)
     for warning in metrics.warnings:
         logger.warning("warning: %s", warning)
+    metrics.label_coverage = label_coverage(splits, encoder)  # for the report (multikpi.eval.diagnostics)
+    metrics.data_summary = data_summary(splits, encoder)
+    metrics.regression_bins = regression_bins(model, splits, encoder, config.train.eval_batch_size, precision)
     artifacts = RunArtifacts(encoder, model, training.combiner, metrics, state.history, state.epochs_log,
                              serving_settings(config), calibration)
     version = save_run(run_dir, config, artifacts)
@@ -101,7 +108,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
 
 def _loop(config: RunConfig, run_dir: Path, state: LoopState, training: MultiTaskTraining,
           optimizers: OptimizerSet, source: BatchSource, splits: dict[str, EncodedData], encoder: FeatureEncoder,
-          precision: torch.dtype | None, selection: Selection | None) -> None:
+          precision: torch.dtype | None, selection: Selection | None, scalars: ScalarLog) -> None:
     """Epochs of train_step until the planned length, `max_steps`, or early stopping. Evaluates on
     valid every epoch (or every `eval_every` steps) and checkpoints every `checkpoint_every` steps."""
     device, every, spec = next(training.parameters()).device, config.train.checkpoint_every, config.train
@@ -118,6 +125,7 @@ def _loop(config: RunConfig, run_dir: Path, state: LoopState, training: MultiTas
             if result is not None and result.total is not None:  # None: no task had a label in the batch
                 state.step += 1
                 _record_step(state, epoch, result.losses, result.total, training, optimizers)
+                scalars.log_step(state.history[-1])
             state.batches_done += 1
             rows_this_session += batch.num_rows
             bar.update(1)
@@ -133,6 +141,7 @@ def _loop(config: RunConfig, run_dir: Path, state: LoopState, training: MultiTas
         bar.close()
         _end_epoch(config, run_dir, state, training, optimizers, splits, encoder, precision, selection, epoch,
                    time.perf_counter() - epoch_started, rows_this_session)
+        scalars.log_epoch(state.epochs_log[-1], state.step)
 
 
 def _end_epoch(config: RunConfig, run_dir: Path, state: LoopState, training: MultiTaskTraining,
