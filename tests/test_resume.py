@@ -97,11 +97,23 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_config):
 
 
 def test_resume_with_another_config_is_refused(tmp_path, tiny_config):
+    from multikpi import ArtifactError, TrainingError, train
+
+    # An interrupted run: the loss diverges after the first checkpoint.
+    tiny_config["optim"] = {"default": {"name": "sgd", "lr": 1e12}}
+    tiny_config["train"].update({"checkpoint_every": 1, "epochs": 3})
+    with pytest.raises(TrainingError):
+        train(tiny_config)
+    tiny_config["train"]["epochs"] = 5
+    with pytest.raises(ArtifactError, match=r"differs from the stored one in section\(s\) \['train'\]"):
+        train(tiny_config, out_dir=tiny_config["out_dir"], resume=True)
+
+
+def test_resume_of_a_finished_run_says_it_finished(tiny_config):
     from multikpi import ArtifactError, train
 
     run = train(tiny_config)
-    tiny_config["train"]["epochs"] = 5
-    with pytest.raises(ArtifactError, match=r"differs from the stored one in section\(s\) \['train'\]"):
+    with pytest.raises(ArtifactError, match=r"that run finished .*nothing to resume"):
         train(tiny_config, out_dir=run.run_dir, resume=True)
 
 

@@ -24,15 +24,16 @@ __all__ = ["evaluate", "load_config", "predict", "predictor_of", "rank", "report
 
 
 def train(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
-          out_dir: str | Path | None = None, resume: bool = False) -> Run:
+          out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Run:
     """Train from a RunConfig, a YAML path (with `key.path=value` overrides) or a plain dict.
 
-    `resume=True` continues the interrupted run in `out_dir` (default: the config's out_dir)."""
+    `resume=True` continues the interrupted run in `out_dir` (default: the config's out_dir);
+    `overwrite=True` replaces a finished run there, once the new one is complete."""
     if isinstance(config, (str, Path)):
         config = load_config(config, overrides)
     elif isinstance(config, dict):
         config = config_from_dict(config)
-    return _train_recipe(config, out_dir, resume)
+    return _train_recipe(config, out_dir, resume, overwrite)
 
 
 def predictor_of(run: Run) -> Predictor:

@@ -12,11 +12,15 @@ import yaml
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync it, and rename it over `path`."""
+    """Write to a new temporary file, fsync it, and rename it over `path`. The temporary file is
+    created exclusively and never through a symlink, and the rename replaces a symlink at `path`
+    rather than writing where it points."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # a leftover of this pid: ours to remove
     try:
-        with open(tmp, "wb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from multikpi.artifacts.files import write_json, write_jsonl, write_yaml
+from multikpi.artifacts.files import write_atomic, write_json, write_jsonl, write_yaml
 from multikpi.artifacts.manifest import MANIFEST, model_version, verify_run, write_manifest
 from multikpi.artifacts.metrics import RunMetrics
 from multikpi.artifacts.serving import SERVING, ServingSettings
@@ -93,7 +93,10 @@ def save_run(run_dir: Path, config: RunConfig, artifacts: RunArtifacts) -> str:
     version (the manifest's sha256)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until it is rewritten
-    files = artifacts.encoder.save(run_dir / "encoders")
+    files = []
+    for name, data in artifacts.encoder.files().items():
+        write_atomic(run_dir / "encoders" / name, data)
+        files.append(run_dir / "encoders" / name)
     write_yaml(run_dir / CONFIG, config.model_dump(mode="json"))
     _save_tensors(run_dir / "model.safetensors", artifacts.model.state_dict())
     _save_tensors(run_dir / "loss.safetensors", artifacts.combiner.state_dict())
@@ -142,6 +145,4 @@ def _calibration(run_dir: Path, files: dict[str, str]) -> dict[str, Any] | None:
 
 
 def _save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    write_atomic(path, save({k: v.detach().cpu().contiguous() for k, v in state.items()}))

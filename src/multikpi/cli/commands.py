@@ -61,7 +61,8 @@ def train(args: argparse.Namespace) -> None:
     if args.resume and args.out_dir and Path(args.resume) != Path(args.out_dir):
         raise ConfigError([f"--resume and --out-dir must name the same directory. Got {args.resume!r} "
                            f"and {args.out_dir!r}"], source="train")
-    run = api.train(config, out_dir=args.resume or args.out_dir, resume=args.resume is not None)
+    run = api.train(config, out_dir=args.resume or args.out_dir, resume=args.resume is not None,
+                    overwrite=args.overwrite)
     print(format_metrics(run.metrics.splits))
     print(f"run written to {run.run_dir}")
 

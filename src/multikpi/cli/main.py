@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--out-dir", help="run directory (default: out_dir of the config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in the run directory (the old one stays until the new one is complete)")
 
     p = sub.add_parser("evaluate", help="per-task metrics of a run on a labelled file")
     p.add_argument("run_dir")

@@ -223,19 +223,29 @@ class FeatureEncoder:
         return FeatureEncoder(vocabs=self.vocabs, dense_stats=self.dense_stats, labels=labels,
                               column_stats=self.column_stats, weight=self.weight)
 
-    def save(self, directory: Path) -> list[Path]:
-        """Write encoders.json plus one Parquet file per vocabulary; returns the files written."""
-        directory.mkdir(parents=True, exist_ok=True)
-        files = []
+    def files(self) -> dict[str, bytes]:
+        """The encoders as files: file name -> bytes, one Parquet vocabulary per categorical column
+        (`vocab_000.parquet`, ...) and `encoders.json`, last. The run directory writes them atomically."""
+        out = {}
         for i, vocab in enumerate(self.vocabs.values()):
-            path = directory / f"vocab_{i:03d}.parquet"
-            pq.write_table(pa.table({"value": vocab}), path)
-            files.append(path)
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.table({"value": vocab}), sink)
+            out[f"vocab_{i:03d}.parquet"] = sink.getvalue().to_pybytes()
         meta = {"categorical": self.categorical, "dense": self.dense_stats, "column_stats": self.column_stats,
                 "weight": self.weight, "labels": {name: asdict(stats) for name, stats in self.labels.items()}}
-        path = directory / "encoders.json"
-        path.write_text(json.dumps(meta, indent=1))
-        return files + [path]
+        out["encoders.json"] = json.dumps(meta, indent=1).encode()
+        return out
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write `files()` into `directory` (each through a temporary name); returns the files written."""
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, data in self.files().items():
+            tmp = directory / f".{name}.tmp-{os.getpid()}"
+            tmp.write_bytes(data)
+            os.replace(tmp, directory / name)
+            written.append(directory / name)
+        return written
 
     @classmethod
     def load(cls, directory: Path) -> FeatureEncoder:

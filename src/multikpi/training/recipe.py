@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from multikpi.artifacts.metrics import RunMetrics
 from multikpi.artifacts.run_dir import RunArtifacts, save_run, serving_settings, start_run_dir
+from multikpi.artifacts.workspace import RunWorkspace, open_workspace
 from multikpi.config.schema import RunConfig
 from multikpi.config.validate import parse_monitor
 from multikpi.data.batches import evenly_spaced_rows
@@ -47,21 +48,28 @@ from multikpi.training.warnings import run_warnings
 logger = logging.getLogger("multikpi")
 
 
-def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = False) -> Run:
+def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False) -> Run:
     """Train the model `config` describes and write the run directory. Returns the Run.
 
-    With `resume`, continue the run in `out_dir` from its last checkpoint, exactly where it stopped."""
-    with out_of_memory_as_error(config.train.batch_size):
-        return _train(config, Path(out_dir if out_dir is not None else config.out_dir), resume)
+    With `resume`, continue the run in `out_dir` from its last checkpoint, exactly where it stopped.
+    A finished run in `out_dir` is replaced only with `overwrite`, and only once the new one is
+    complete (artifacts/workspace.py)."""
+    run_dir = Path(out_dir if out_dir is not None else config.out_dir)
+    with out_of_memory_as_error(config.train.batch_size), open_workspace(run_dir, resume, overwrite) as workspace:
+        run = _train(config, workspace, resume)
+        workspace.commit()
+    run.run_dir = run_dir
+    return run
 
 
-def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
+def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
     # The recipe, top to bottom: setup, the loop (`_loop`), the final phase. Everything else is a
     # plain function it calls.
+    run_dir = workspace.path
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
-    scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     batch_size = _batch_size(config, splits["train"].num_rows)
@@ -74,7 +82,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool) -> Run:
     model = training.model
     optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source))
     selection = Selection(parse_monitor(config), config.train.patience) if "valid" in splits else None
+    workspace.start()  # the first write: a run that failed on its inputs left nothing behind
     state = _start_or_resume(run_dir, config, resume, training, optimizers, selection)
+    scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
     check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
 
     _loop(config, run_dir, state, training, optimizers, source, splits, encoder, precision, selection, scalars)
