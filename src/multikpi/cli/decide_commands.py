@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from multikpi.artifacts.files import write_atomic, write_json
+from multikpi.artifacts.outputs import check_output_path
 from multikpi.config.load import config_from_dict
 from multikpi.data.tabular import file_format, write_table
 from multikpi.decide.ranking import ranking_metrics
@@ -26,6 +27,9 @@ from multikpi.serve.predictor import Predictor
 
 def rank(args: argparse.Namespace) -> None:
     file_format(args.out)
+    check_output_path(args.out, "--out", [args.data], [args.run_dir])
+    if args.metrics:
+        check_output_path(args.metrics, "--metrics", [args.data, args.out], [args.run_dir])
     if args.top_k is not None and args.top_k < 1:
         raise DataError(f"--top-k must be a positive integer. Got {args.top_k}")
     predictor = Predictor.load(args.run_dir)
@@ -80,12 +84,25 @@ def tune(args: argparse.Namespace) -> None:
     table = tradeoff_table(result)
     files = {"tradeoff.md": table.encode(), "trials.csv": trials_csv(result), "pareto.png": pareto_png(result),
              "result.json": json.dumps(summary(result), indent=1).encode(), "decide.yaml": config_bytes}
-    out = Path(args.out) if args.out else Path(args.run_dir) / "tune-decision"
+    # The default output lives in the run directory, outside its manifest: a retrain replaces the
+    # whole directory, so a decision can never describe an older model than the run's.
+    out = check_tune_output(args)
     for name, data in files.items():  # decide.yaml last: its presence means the others are complete
         write_atomic(out / name, data)
     print(table)
     print(_format_choice(result))
     print(f"wrote {', '.join(files)} to {out}")
+
+
+def check_tune_output(args: argparse.Namespace) -> Path:
+    if args.out is None:
+        return Path(args.run_dir) / "tune-decision"
+    out = Path(args.out)
+    if out.resolve() == Path(args.run_dir).resolve() or (out.exists() and not out.is_dir()):
+        raise DataError(f"--out {str(out)!r} must be a directory for the tune-decision files, not the run "
+                        f"directory or a file")
+    check_output_path(out / "result.json", "--out", [args.data], [args.run_dir])
+    return out
 
 
 def _format_choice(result: TuneResult) -> str:

@@ -7,7 +7,7 @@ import re
 from multikpi.config.architectures import ARCHITECTURES, arch_model_keys
 from multikpi.config.architectures import subnet_names as arch_subnet_names
 from multikpi.config.schema import RunConfig, TaskSpec
-from multikpi.formula import FormulaError, parse_formula
+from multikpi.formula import FUNCTIONS, FormulaError, parse_formula
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Metrics `train.monitor: valid.<task>.<metric>` may name, by task kind, with their direction
@@ -117,7 +117,37 @@ def _check_tasks(config: RunConfig) -> list[str]:
     cycle = find_cycle(config)
     if cycle:
         problems.append(f"`inputs_from` edges must not form a cycle. Got {' -> '.join(cycle)}")
+    return problems + _check_train_on_cycle(config) + _check_task_names(config)
+
+
+# Names a task may not have: the formula's functions (a formula could not name the task) and the
+# columns that `rank` adds to its output next to the tasks' estimates.
+RESERVED_TASK_NAMES = (*FUNCTIONS, "score", "rank", "in_top_k", "baseline")
+
+
+def _check_task_names(config: RunConfig) -> list[str]:
+    problems = []
+    reserved = sorted(set(config.tasks) & set(RESERVED_TASK_NAMES))
+    if reserved:
+        problems.append(f"task names must not be one of {list(RESERVED_TASK_NAMES)} (formula functions and the "
+                        f"columns rank writes). Got {reserved}")
+    clash = sorted(set(config.tasks) & set(config.data.id_columns))
+    if clash:
+        problems.append(f"task names must differ from `data.id_columns`: predict writes both as columns. "
+                        f"Got {clash} in both")
     return problems
+
+
+def _check_train_on_cycle(config: RunConfig) -> list[str]:
+    """`train_on` chains must end: click <- convert <- refund, never back to a task on the chain."""
+    for start in config.tasks:
+        chain, name = [start], config.tasks[start].train_on
+        while name is not None and name in config.tasks and name not in chain:
+            chain.append(name)
+            name = config.tasks[name].train_on
+        if name is not None and name == start:
+            return [f"`train_on` must not form a cycle. Got {' -> '.join(chain + [start])}"]
+    return []
 
 
 def _check_task_loss(name: str, task: TaskSpec) -> list[str]:

@@ -10,6 +10,7 @@ import torch
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder, LabelStats
 from multikpi.data.labels import to_label_units, to_transformed
+from multikpi.errors import ArtifactError
 from multikpi.eval.accumulators import BinaryAccumulator, DevianceAccumulator, RegressionAccumulator
 from multikpi.models.esmm import parse_cvr_output_key
 from multikpi.models.multitask import MultiTaskModel
@@ -31,11 +32,25 @@ def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
             for start in range(0, data.num_rows, batch_size):
                 rows = slice(start, min(start + batch_size, data.num_rows))
                 outputs = model.forward_features(data.categorical[rows].to(device), data.dense[rows].to(device))
-                yield rows, {task: values.float().cpu().numpy() for task, values in outputs.items()}
+                arrays = {task: values.float().cpu().numpy() for task, values in outputs.items()}
+                _check_finite(arrays, rows)
+                yield rows, arrays
                 if on_rows is not None:
                     on_rows(rows.stop - rows.start)
     finally:
         model.train(was_training)
+
+
+def _check_finite(outputs: dict[str, np.ndarray], rows: slice) -> None:
+    """A non-finite output is never passed on as an estimate: the run is corrupt (tampered weights
+    or encoders) or the inputs are far outside anything the model was trained on."""
+    for task, values in outputs.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = rows.start + int(np.flatnonzero(bad)[0])
+            raise ArtifactError(f"the model produced non-finite outputs for task {task!r} on {int(bad.sum())} row(s) "
+                                f"(first: row {first}): its weights or encoders may be corrupt, or the inputs far "
+                                f"outside the training data")
 
 
 def model_outputs(model: MultiTaskModel, data: EncodedData, batch_size: int,

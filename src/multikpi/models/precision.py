@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import torch
 
+from multikpi.errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` -> cuda when available, else cpu. Resolved once, at the start of a run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError([f"`train.device` is {name!r} but this torch ({torch.__version__}) has no usable CUDA "
+                           f"device; use cpu or auto"], source="device")
     return torch.device(name)
 
 

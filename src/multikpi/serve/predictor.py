@@ -77,6 +77,10 @@ class Predictor:
         table = self._as_table(table, list(keep or []))
         if keep is None:
             keep = [c for c in self.serving.id_columns if c in table.column_names]
+        clash = sorted(set(keep) & set(self.tasks))
+        if clash:
+            raise DataError(f"column(s) {clash} would be written twice: as kept input columns and as the "
+                            f"estimates of the task(s) of the same name; drop them from the kept columns")
         missing = [c for c in list(keep) + self.feature_columns() if c not in table.column_names]
         if missing:
             raise DataError(f"input has no column(s) {missing}; the model needs {self.feature_columns()}")

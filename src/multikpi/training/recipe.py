@@ -23,6 +23,7 @@ from tqdm import tqdm
 from multikpi.artifacts.metrics import RunMetrics
 from multikpi.artifacts.run_dir import RunArtifacts, save_run, serving_settings, start_run_dir
 from multikpi.artifacts.workspace import RunWorkspace, open_workspace
+from multikpi.config.architectures import ARCHITECTURES
 from multikpi.config.schema import RunConfig
 from multikpi.config.validate import parse_monitor
 from multikpi.data.batches import evenly_spaced_rows
@@ -35,8 +36,16 @@ from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.optim.build import OptimizerSet, build_optimizers
 from multikpi.optim.param_groups import build_param_groups
 from multikpi.training.centering import fit_centering
-from multikpi.training.checkpoint import LoopState, check_resumable, load_checkpoint, remove_checkpoint, save_checkpoint
-from multikpi.training.memory import check_memory, out_of_memory_as_error
+from multikpi.training.checkpoint import (
+    LoopState,
+    check_resumable,
+    check_same_data,
+    data_fingerprint,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from multikpi.training.memory import check_memory, check_table_memory, out_of_memory_as_error
 from multikpi.training.module import MultiTaskTraining, build_training
 from multikpi.training.run import Run, mean_gate_usage, step_record
 from multikpi.training.scalars import TENSORBOARD_DIR, ScalarLog
@@ -78,6 +87,8 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
                 source.num_rows, sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started,
                 device, "bf16 autocast" if precision is not None else "fp32", batch_size)
 
+    copies = len(config.tasks) if ARCHITECTURES[config.model.arch].embedding_copies_per_task else 1
+    check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
     training = build_training(config, encoder).to(device)
     model = training.model
     optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source))
@@ -239,16 +250,18 @@ def _planned_steps(config: RunConfig, source: BatchSource) -> int:
 def _start_or_resume(run_dir: Path, config: RunConfig, resume: bool, training: MultiTaskTraining,
                      optimizers: OptimizerSet, selection: Selection | None) -> LoopState:
     """A fresh LoopState (writing config.yaml so the run can be resumed), or the checkpointed one."""
+    fingerprint = data_fingerprint({"train": config.data.train, "valid": config.data.valid, "test": config.data.test})
     if resume:
         check_resumable(run_dir, config.model_dump(mode="json"))
         state = load_checkpoint(run_dir, training.model, training.combiner, optimizers)
+        check_same_data(state.data_fingerprint, fingerprint, run_dir)
         if selection is not None and state.selection is not None:
             selection.load_state_dict(state.selection)
         logger.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, state.epoch, state.batches_done,
                     state.step)
         return state
     start_run_dir(run_dir, config)
-    return LoopState()
+    return LoopState(data_fingerprint=fingerprint)
 
 
 def _evaluate(training: MultiTaskTraining, data: EncodedData, encoder: FeatureEncoder, config: RunConfig,
