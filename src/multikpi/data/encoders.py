@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from multikpi.data.columns import DenseEncoding, encode_ids, fit_encode_dense, fit_encode_ids, standardize
+from multikpi.data.encoders_file import parse_encoders_file
 from multikpi.data.labels import (
     ColumnSource,
     LabelStats,
@@ -249,17 +251,28 @@ class FeatureEncoder:
 
     @classmethod
     def load(cls, directory: Path) -> FeatureEncoder:
+        """Read and check encoders.json (data/encoders_file.py) and the vocabularies."""
+        source = repr(str(directory / "encoders.json"))
         try:
-            meta = json.loads((directory / "encoders.json").read_text())
-            vocabs = {
-                column: pq.read_table(directory / f"vocab_{i:03d}.parquet").column("value").combine_chunks()
-                for i, column in enumerate(meta["categorical"])
-            }
-            labels = {name: LabelStats(**stats) for name, stats in meta["labels"].items()}
-        except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
+            meta = parse_encoders_file(json.loads((directory / "encoders.json").read_text()), source)
+            vocabs = {column: _read_vocab(directory / f"vocab_{i:03d}.parquet", column)
+                      for i, column in enumerate(meta.categorical)}
+        except (OSError, ValueError, pa.ArrowInvalid) as err:
             raise ArtifactError(f"encoders in {str(directory)!r} cannot be read: {err}") from None
-        return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels,
-                   column_stats=meta.get("column_stats", {}), weight=meta.get("weight"))
+        labels = {name: LabelStats(**stats.model_dump()) for name, stats in meta.labels.items()}
+        dense = {c: stats.model_dump(exclude_none=True) for c, stats in meta.dense.items()}
+        return cls(vocabs=vocabs, dense_stats=dense, labels=labels, column_stats=meta.column_stats,
+                   weight=meta.weight)
+
+
+def _read_vocab(path: Path, column: str) -> pa.Array:
+    """One vocabulary: distinct, non-null integer or string ids in a `value` column."""
+    vocab = pq.read_table(path).column("value").combine_chunks()
+    kind_ok = pa.types.is_integer(vocab.type) or pa.types.is_string(vocab.type) or pa.types.is_large_string(vocab.type)
+    if not kind_ok or vocab.null_count or len(pc.unique(vocab)) != len(vocab):
+        raise ValueError(f"the vocabulary of {column!r} ({path.name}) must hold distinct, non-null integer or "
+                         f"string ids. Got {vocab.type} with {vocab.null_count} null(s)")
+    return vocab
 
 
 def _column_stats(names: tuple[str, ...], counts: list[dict[str, float]], vocabs: dict[str, pa.Array],

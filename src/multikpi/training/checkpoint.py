@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -136,6 +137,18 @@ def data_fingerprint(paths: dict[str, str | None]) -> dict[str, Any]:
         out[split] = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                       "sha256_ends": digest.hexdigest()}
     return out
+
+
+FINGERPRINT = "data_fingerprint.json"  # written when a run starts, next to config.yaml
+
+
+def stored_fingerprint(run_dir: Path) -> dict[str, Any]:
+    """The fingerprint written when the run started ({} when there is none)."""
+    try:
+        payload = json.loads((run_dir / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def check_same_data(stored: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:

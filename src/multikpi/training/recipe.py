@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from multikpi.artifacts.files import write_json
 from multikpi.artifacts.metrics import RunMetrics
 from multikpi.artifacts.run_dir import RunArtifacts, save_run, serving_settings, start_run_dir
 from multikpi.artifacts.workspace import RunWorkspace, open_workspace
@@ -37,6 +38,7 @@ from multikpi.optim.build import OptimizerSet, build_optimizers
 from multikpi.optim.param_groups import build_param_groups
 from multikpi.training.centering import fit_centering
 from multikpi.training.checkpoint import (
+    FINGERPRINT,
     LoopState,
     check_resumable,
     check_same_data,
@@ -44,6 +46,7 @@ from multikpi.training.checkpoint import (
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
+    stored_fingerprint,
 )
 from multikpi.training.memory import check_memory, check_table_memory, out_of_memory_as_error
 from multikpi.training.module import MultiTaskTraining, build_training
@@ -76,6 +79,10 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
     # The recipe, top to bottom: setup, the loop (`_loop`), the final phase. Everything else is a
     # plain function it calls.
     run_dir = workspace.path
+    fingerprint = data_fingerprint({"train": config.data.train, "valid": config.data.valid, "test": config.data.test})
+    if resume:  # before reading anything: new data would not even fit the checkpointed model
+        check_resumable(run_dir, config.model_dump(mode="json"))
+        check_same_data(stored_fingerprint(run_dir), fingerprint, run_dir)
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
@@ -94,7 +101,7 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
     optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source))
     selection = Selection(parse_monitor(config), config.train.patience) if "valid" in splits else None
     workspace.start()  # the first write: a run that failed on its inputs left nothing behind
-    state = _start_or_resume(run_dir, config, resume, training, optimizers, selection)
+    state = _start_or_resume(run_dir, config, resume, training, optimizers, selection, fingerprint)
     scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
     check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
 
@@ -248,19 +255,18 @@ def _planned_steps(config: RunConfig, source: BatchSource) -> int:
 
 
 def _start_or_resume(run_dir: Path, config: RunConfig, resume: bool, training: MultiTaskTraining,
-                     optimizers: OptimizerSet, selection: Selection | None) -> LoopState:
-    """A fresh LoopState (writing config.yaml so the run can be resumed), or the checkpointed one."""
-    fingerprint = data_fingerprint({"train": config.data.train, "valid": config.data.valid, "test": config.data.test})
+                     optimizers: OptimizerSet, selection: Selection | None, fingerprint: dict[str, Any]) -> LoopState:
+    """A fresh LoopState (writing config.yaml and the data fingerprint so the run can be resumed), or
+    the checkpointed one."""
     if resume:
-        check_resumable(run_dir, config.model_dump(mode="json"))
         state = load_checkpoint(run_dir, training.model, training.combiner, optimizers)
-        check_same_data(state.data_fingerprint, fingerprint, run_dir)
         if selection is not None and state.selection is not None:
             selection.load_state_dict(state.selection)
         logger.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, state.epoch, state.batches_done,
                     state.step)
         return state
     start_run_dir(run_dir, config)
+    write_json(run_dir / FINGERPRINT, fingerprint)
     return LoopState(data_fingerprint=fingerprint)
 
 
