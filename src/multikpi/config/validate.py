@@ -250,6 +250,14 @@ def _check_optim(config: RunConfig) -> list[str]:
     problems = []
     if unknown:
         problems.append(f"`optim.groups` keys must be among {allowed}. Got {unknown}")
+    sparse = ("lazy_adam", "rowwise_adagrad", "sparse_sgd")
+    if config.optim.default.name in sparse:
+        problems.append(f"`optim.default.name` {config.optim.default.name} updates the embedding table row by row: "
+                        f"set it as `optim.groups.embeddings.name`, not as the default of every group")
+    wrong = sorted(g for g, spec in config.optim.groups.items() if spec.name in sparse and g != "embeddings")
+    if wrong:
+        problems.append(f"`optim.groups.<group>.name` lazy_adam / rowwise_adagrad / sparse_sgd are for the "
+                        f"`embeddings` group only. Got them for {wrong}")
     loss_group = config.optim.groups.get("loss")
     if loss_group is not None and loss_group.weight_decay not in (None, 0.0):
         problems.append(f"`optim.groups.loss.weight_decay` must be 0: the loss weights are not decayed. "

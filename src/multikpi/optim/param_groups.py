@@ -91,7 +91,8 @@ def _merge(base: OptimizerSpec, override: GroupOptimizerSpec) -> OptimizerSpec:
 
 def build_param_groups(config: RunConfig, model: nn.Module, combiner: nn.Module) -> list[ParamGroup]:
     """Every trainable parameter of model and combiner, in named groups with resolved settings."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # The embedding table is in its group even when row-sparse (it then has requires_grad False).
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or n == "embeddings.weight"]
     named += [(f"loss.{n}", p) for n, p in combiner.named_parameters() if p.requires_grad]
     by_name = dict(named)
     assigned = assign_groups(named, group_prefixes(config))

@@ -85,20 +85,21 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
         check_same_data(stored_fingerprint(run_dir), fingerprint, run_dir)
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
-    precision = resolve_precision(config.train.precision, device)
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     batch_size = _batch_size(config, splits["train"].num_rows)
     source: BatchSource = InMemorySource(splits["train"], batch_size, config.train.seed)
-    logger.info("data: %d train rows, %d vocabulary rows, %d dense inputs (%.1fs); %s, %s; batch size %d",
+    logger.info("data: %d train rows, %d vocabulary rows, %d dense inputs (%.1fs); %s; batch size %d",
                 source.num_rows, sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started,
-                device, "bf16 autocast" if precision is not None else "fp32", batch_size)
+                device, batch_size)
 
     copies = len(config.tasks) if ARCHITECTURES[config.model.arch].embedding_copies_per_task else 1
     check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
     training = build_training(config, encoder).to(device)
     model = training.model
-    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source))
+    precision = resolve_precision(config.train.precision, device, model, batch_size, "train")
+    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source),
+                                  model.embeddings)
     selection = Selection(parse_monitor(config), config.train.patience) if "valid" in splits else None
     workspace.start()  # the first write: a run that failed on its inputs left nothing behind
     state = _start_or_resume(run_dir, config, resume, training, optimizers, selection, fingerprint)
