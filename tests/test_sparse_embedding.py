@@ -146,20 +146,38 @@ def test_row_state_round_trips_through_a_checkpoint():
     assert torch.equal(sparse.weight, fresh.weight)
 
 
-@pytest.mark.parametrize("name", ["lazy_adam", "rowwise_adagrad", "sparse_sgd"])
-def test_training_with_a_row_sparse_embeddings_group(tiny_config, name):
+def _item_world(tmp_path) -> dict:
+    """Clicks driven by the item alone (500 items, Zipf traffic): an embedding must learn them."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    item_logit = rng.normal(-2.0, 1.0, 500)
+    paths = {}
+    for split, rows in (("train", 20_000), ("valid", 5_000), ("test", 5_000)):
+        items = rng.zipf(1.3, rows) % 500
+        clicks = rng.random(rows) < 1 / (1 + np.exp(-item_logit[items]))
+        paths[split] = str(tmp_path / f"{split}.parquet")
+        pq.write_table(pa.table({"item": items, "x": rng.normal(size=rows), "click": clicks.astype(np.int8)}),
+                       paths[split])
+    return {"data": {**paths, "categorical": ["item"], "dense": ["x"]},
+            "tasks": {"click": {"kind": "binary", "label": "click"}},
+            "model": {"embedding_dim": 8, "shared": [16], "tower": [8]},
+            "train": {"epochs": 4, "batch_size": 256, "threads": 1, "progress": "off", "checkpoint_every": None}}
+
+
+@pytest.mark.parametrize("name,lr", [("lazy_adam", 0.003), ("rowwise_adagrad", 0.05), ("sparse_sgd", 20.0)])
+def test_training_with_a_row_sparse_embeddings_group(tmp_path, name, lr):
     from multikpi import train
 
-    tiny_config["train"].update({"epochs": 3, "checkpoint_every": None})
-    dense = train(tiny_config, out_dir=tiny_config["out_dir"] + "_dense")
-    tiny_config["optim"] = {"groups": {"embeddings": {"name": name, "lr": 0.05 if name != "lazy_adam" else 0.001}},
-                            "grad_clip": 10.0}
-    run = train(tiny_config)
+    config = _item_world(tmp_path)
+    dense = train({**config, "out_dir": str(tmp_path / "dense")})
+    config["optim"] = {"groups": {"embeddings": {"name": name, "lr": lr}}, "grad_clip": 10.0}
+    run = train({**config, "out_dir": str(tmp_path / name)})
     assert run.model.embeddings.sparse and not dense.model.embeddings.sparse
-    torch.manual_seed(0)
-    assert not torch.equal(run.model.embeddings.weight, dense.model.embeddings.weight)  # the table was updated
-    # About as well as the dense table on this small feed (convert has ~10 test positives: too noisy).
-    assert abs(run.metrics.splits["test"]["click"]["auc"] - dense.metrics.splits["test"]["click"]["auc"]) < 0.05
+    auc, dense_auc = run.metrics.splits["test"]["click"]["auc"], dense.metrics.splits["test"]["click"]["auc"]
+    assert dense_auc > 0.62 and auc > dense_auc - 0.02, (auc, dense_auc)
 
 
 def test_a_sparse_optimizer_for_another_group_is_a_config_error(tiny_config):
