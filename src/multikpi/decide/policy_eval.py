@@ -248,7 +248,7 @@ def lift(target: PolicyValue, baseline: PolicyValue, estimator: str, kpi: str, l
     values come from the same resamples, and the same jackknife, of the requests)."""
     other = baseline_estimator or estimator
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = target.point[estimator][kpi] / baseline.point[other][kpi] - 1.0
+        value = np.float64(target.point[estimator][kpi]) / np.float64(baseline.point[other][kpi]) - 1.0
         draws = target.draws[estimator][kpi] / baseline.draws[other][kpi] - 1.0
         jack = target.jackknife[estimator][kpi] / baseline.jackknife[other][kpi] - 1.0
     low, high = bca_interval(float(value), draws, jack, level)
