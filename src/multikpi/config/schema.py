@@ -28,6 +28,8 @@ class DataSpec(Spec):
     log1p: list[str] = Field(default_factory=list, description="dense columns to log1p before standardizing")
     min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
     id_columns: list[str] = Field(default_factory=list, description="passed through by predict and rank")
+    position: str | None = Field(None, description="column of the logged position: trains a shallow position "
+                                                   "tower added to the binary tasks' logits, dropped at prediction")
 
 
 class TaskSpec(Spec):

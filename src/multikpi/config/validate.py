@@ -103,6 +103,9 @@ def _check_columns(config: RunConfig) -> list[str]:
     leaked = sorted(labels & (set(data.categorical) | set(data.dense)))
     if leaked:
         problems.append(f"label columns must not also be input features. Got {leaked}")
+    if data.position is not None and data.position in set(data.categorical) | set(data.dense) | labels:
+        problems.append(f"`data.position` must not also be an input feature or a label: its tower is dropped at "
+                        f"prediction, so that estimates are position-free. Got {data.position!r}")
     return problems
 
 
@@ -160,7 +163,7 @@ def _check_esmm(config: RunConfig) -> list[str]:
 
 def subnet_names(config: RunConfig) -> list[str]:
     """The optimizer groups this config's model has: `embeddings`, shared subnets, heads, `loss`."""
-    return arch_subnet_names(config.model.arch, list(config.tasks))
+    return arch_subnet_names(config.model.arch, list(config.tasks)) + (["position"] if config.data.position else [])
 
 
 def _check_optim(config: RunConfig) -> list[str]:

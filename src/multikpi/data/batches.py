@@ -14,24 +14,28 @@ from multikpi.data.encoders import EncodedData
 
 @dataclass(frozen=True)
 class Batch:
-    """B rows. categorical (B, F) int32; dense (B, D) float32; labels (B, T) float32, NaN = no label."""
+    """B rows. categorical (B, F) int32; dense (B, D) float32; labels (B, T) float32, NaN = no label;
+    position (B,) int32 position-vocabulary index, or None (no position tower, or prediction)."""
 
     categorical: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
+    position: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
         return int(self.labels.shape[0])
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device))
+        position = self.position.to(device) if self.position is not None else None
+        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device), position)
 
 
 def batch_at(data: EncodedData, index: torch.Tensor) -> Batch:
     """The rows `index` (1-D int64) of `data`."""
+    position = data.position.index_select(0, index) if data.position is not None else None
     return Batch(data.categorical.index_select(0, index), data.dense.index_select(0, index),
-                 data.labels.index_select(0, index))
+                 data.labels.index_select(0, index), position)
 
 
 def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -47,11 +51,12 @@ def evenly_spaced_rows(data: EncodedData, max_rows: int) -> EncodedData:
         return data
     index = torch.linspace(0, data.num_rows - 1, max_rows).round().to(torch.int64)
     batch = batch_at(data, index)
-    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks)
+    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks, batch.position)
 
 
 def ordered_batches(data: EncodedData, batch_size: int) -> Iterator[Batch]:
     """Rows in file order, as contiguous slices (no copy)."""
     for start in range(0, data.num_rows, batch_size):
         stop = start + batch_size
-        yield Batch(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop])
+        position = data.position[start:stop] if data.position is not None else None
+        yield Batch(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop], position)

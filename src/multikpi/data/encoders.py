@@ -7,6 +7,11 @@ Dense: optional log1p (negative values clipped to 0 first), then standardized wi
 mean and std. A column that had NaN in train gets a 0/1 missing-indicator input; NaN is then
 imputed with 0, the train mean after standardization.
 
+Position (optional, `ColumnSpec.position`): a vocabulary of the logged positions, like a
+categorical column, read only together with the labels (training, evaluation and calibration):
+it feeds the model's position tower, which prediction never runs. Index 1 is the smallest
+position seen in train, the tower's reference.
+
 Labels: binary labels must be 0/1; regression labels get the configured transform and are
 standardized with train statistics (the model learns on that scale; predictions are mapped back
 to original units). A null label is NaN in the encoded array: no loss and no metric. With
@@ -49,12 +54,14 @@ class EncodedData:
     categorical: (N, F) int32, per-column vocabulary index, 0 = out of vocabulary.
     dense:       (N, D) float32, standardized numerics then missing indicators.
     labels:      (N, T) float32 in the order of `tasks`; NaN where the task has no label.
+    position:    (N,) int32 index in the position vocabulary (0 = unseen), or None without one.
     """
 
     categorical: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
     tasks: tuple[str, ...]
+    position: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -75,10 +82,16 @@ class FeatureEncoder:
     """Fitted encoders of the input columns and labels. Use `fit`, then `encode`; `save`/`load` round-trip."""
 
     def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict[str, Any]],
-                 labels: dict[str, LabelStats]):
+                 labels: dict[str, LabelStats], position: tuple[str, pa.Array] | None = None):
         self.vocabs = vocabs
         self.dense_stats = dense_stats
         self.labels = labels
+        self.position = position  # (column, vocabulary of the logged positions), or None
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the position tower's table, including the unseen-position row 0 (0 without one)."""
+        return len(self.position[1]) + 1 if self.position is not None else 0
 
     @property
     def categorical(self) -> list[str]:
@@ -138,11 +151,16 @@ class FeatureEncoder:
         standardized = {c: (values, missing) for c, (_, values, missing) in zip(data.dense, fitted_dense)}
         label_stats = {name: _fit_label(_label_values(table, name, spec, labels), name, spec)
                        for name, spec in labels.items()}
-        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats)
+        position = None
+        if data.position is not None:
+            _require_columns(table, [data.position])
+            position = (data.position, _fit_encode_ids(table.column(data.position), data.position, 1)[0])
+        encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats, position=position)
         return encoder, encoder._encode_rest(table, categorical, with_labels=True, standardized=standardized)
 
     def encode(self, table: ColumnSource, with_labels: bool = True) -> EncodedData:
-        """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False."""
+        """Encode a table with the fitted statistics. Labels are all-NaN when `with_labels` is False;
+        the position is encoded only with the labels, when the table has the column."""
         labels_needed = [s.label for s in self.labels.values()] if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
         categorical = np.empty((table.num_rows, len(self.vocabs)), dtype=np.int32)
@@ -175,8 +193,12 @@ class FeatureEncoder:
         if with_labels:
             for i, name in enumerate(self.labels):
                 labels[:, i] = self._encode_label(table, name)
+        position = None
+        if with_labels and self.position is not None and self.position[0] in table.column_names:
+            column, vocab = self.position
+            position = torch.from_numpy(_encode_ids(table.column(column), vocab, column))
         return EncodedData(torch.from_numpy(categorical), torch.from_numpy(dense),
-                           torch.from_numpy(labels), tuple(self.labels))
+                           torch.from_numpy(labels), tuple(self.labels), position)
 
     def _encode_label(self, table: ColumnSource, name: str) -> np.ndarray:
         stats = self.labels[name]
@@ -213,6 +235,11 @@ class FeatureEncoder:
             "dense": self.dense_stats,
             "labels": {name: vars(stats) for name, stats in self.labels.items()},
         }
+        if self.position is not None:
+            path = directory / "position_vocab.parquet"
+            pq.write_table(pa.table({"value": self.position[1]}), path)
+            files.append(path)
+            meta["position"] = self.position[0]
         path = directory / "encoders.json"
         path.write_text(json.dumps(meta, indent=1))
         return files + [path]
@@ -226,9 +253,13 @@ class FeatureEncoder:
                 for i, column in enumerate(meta["categorical"])
             }
             labels = {name: LabelStats(**stats) for name, stats in meta["labels"].items()}
+            position = None
+            if meta.get("position") is not None:
+                vocab = pq.read_table(directory / "position_vocab.parquet").column("value").combine_chunks()
+                position = (meta["position"], vocab)
         except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
             raise ArtifactError(f"encoders in {str(directory)!r} cannot be read: {err}") from None
-        return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels)
+        return cls(vocabs=vocabs, dense_stats=meta["dense"], labels=labels, position=position)
 
 
 def _require_columns(table: ColumnSource, columns: list[str]) -> None:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ColumnSpec:
     """Input columns. `log1p` names dense columns to log1p before standardizing; ids seen fewer than
-    `min_frequency` times in train map to out-of-vocabulary."""
+    `min_frequency` times in train map to out-of-vocabulary. `position`: the logged position, read
+    with the labels only (training and evaluation), never at prediction."""
 
     categorical: tuple[str, ...] = ()
     dense: tuple[str, ...] = ()
     log1p: tuple[str, ...] = ()
     min_frequency: int = 1
+    position: str | None = None
 
 
 @dataclass(frozen=True)

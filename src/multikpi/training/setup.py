@@ -28,7 +28,8 @@ def seed_everything(seed: int, threads: int | None, deterministic: bool = False)
 def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
     """The config's input columns and each task's label, as the data layer's plain specs."""
     data = config.data
-    columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency)
+    columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
+                         data.position)
     labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on)
               for name, task in config.tasks.items()}
     return columns, labels
@@ -38,7 +39,7 @@ def needed_columns(config: RunConfig, with_labels: bool = True) -> list[str]:
     """The input columns of `config`, then (when `with_labels`) the label columns."""
     columns = list(config.data.categorical) + list(config.data.dense)
     if with_labels:
-        columns += [t.label for t in config.tasks.values()]
+        columns += [t.label for t in config.tasks.values()] + ([config.data.position] if config.data.position else [])
     return list(dict.fromkeys(columns))
 
 
