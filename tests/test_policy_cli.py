@@ -172,3 +172,33 @@ def test_make_data_temperature(tmp_path, capsys):
                            r"--temperature is only used by feed")):
         assert main(["make-data", *argv, "--rows", "10", "--out", str(tmp_path / "x.parquet")]) == 2
         assert re.search(message, _error_line(capsys))
+
+
+def test_catalogue_lists_the_policy_errors():
+    """docs/errors.md has a row for each error tested here and in test_policy_eval / test_position_tower."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    ids = ["config-position-as-feature", "data-logs-no-position", "data-logs-bad-position", "data-logs-no-examination",
+           "data-logs-bad-examination", "config-click-task", "data-bad-temperature"]
+    assert [i for i in ids if f"`{i}`" not in text] == []
+
+
+def test_pareto_panel_draws_the_intervals():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from multikpi.report.decision import _interval_bars
+
+    points = [{"click@10": 1.0, "click@10.lcb": 0.9, "click@10.ucb": 1.2, "convert@10": 0.1,
+               "convert@10.lcb": 0.08, "convert@10.ucb": 0.13}]
+    fig, ax = plt.subplots()
+    _interval_bars(ax, points, "click@10", "convert@10", "tab:blue", 0.5)
+    (bars,) = ax.containers
+    x_segments = bars.lines[2][0].get_segments()
+    assert np.allclose(x_segments[0], [[0.9, 0.1], [1.2, 0.1]])
+    _interval_bars(ax, [{"a": 1.0, "b": 2.0}], "a", "b", "black", 1.0)  # no interval: nothing drawn
+    assert len(ax.containers) == 1
+    plt.close(fig)

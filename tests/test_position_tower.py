@@ -63,14 +63,16 @@ def test_encoder_reads_the_position_with_the_labels_only(tmp_path):
     assert again.num_positions == len(vocab) + 1
 
 
-def test_tower_offsets_are_zero_at_the_reference_and_only_in_training():
+def test_tower_offsets_are_zero_at_the_reference_and_multiply_the_probability():
     tower = PositionTower(6, ["click"])
     with torch.no_grad():
         tower.table.weight.copy_(torch.tensor([[9.0], [0.5], [0.2], [0.0], [-0.1], [-0.3]]))
     offsets = tower(torch.tensor([1, 2, 5]))
     assert offsets[:, 0].tolist() == pytest.approx([0.0, -3.0, -8.0])  # 10 * (table[p] - table[1])
     shifted = tower.add({"click": torch.zeros(3), "dwell": torch.ones(3)}, torch.tensor([1, 2, 5]))
-    assert shifted["click"].tolist() == pytest.approx([0.0, -3.0, -8.0]) and shifted["dwell"].tolist() == [1, 1, 1]
+    probability = 0.5 * np.exp([0.0, -3.0, -8.0])  # PAL: sigmoid(0) times the examination ratio
+    assert torch.sigmoid(shifted["click"]).tolist() == pytest.approx(probability.tolist(), rel=1e-5)
+    assert shifted["dwell"].tolist() == [1, 1, 1]  # a regression output is left alone
 
 
 def test_training_uses_the_tower_and_prediction_does_not(tiny_config):
@@ -88,7 +90,8 @@ def test_training_uses_the_tower_and_prediction_does_not(tiny_config):
     logged, free = model(batch), model.forward_features(data.categorical, data.dense)
     offsets = model.position_tower(data.position)
     for i, task in enumerate(["click", "convert"]):
-        assert torch.allclose(logged[task], free[task] + offsets[:, i])
+        expected = torch.sigmoid(free[task]) * torch.exp(offsets[:, i])
+        assert torch.allclose(torch.sigmoid(logged[task]), expected.clamp(max=1 - 1e-6), rtol=1e-4)
     assert torch.equal(logged["dwell"], free["dwell"])
     result = training(batch)  # the losses reach the tower through the binary tasks only
     result.total.backward()
