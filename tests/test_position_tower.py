@@ -1,4 +1,4 @@
-"""`data.position`: a shallow position tower added to the binary tasks' logits in training and
+"""`data.position`: a shallow position tower combined with the binary tasks' logits in training and
 dropped at prediction, so that the estimates are position-free."""
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ class DataSpec(Spec):
     min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
     id_columns: list[str] = Field(default_factory=list, description="passed through by predict and rank")
     position: str | None = Field(None, description="column of the logged position: trains a shallow position "
-                                                   "tower added to the binary tasks' logits, dropped at prediction")
+                                                   "tower that multiplies the binary tasks' probabilities by the "
+                                                   "position's examination (PAL), dropped at prediction")
 
 
 class TaskSpec(Spec):

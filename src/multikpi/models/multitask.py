@@ -2,8 +2,9 @@
 
 It computes and nothing else: no loss, optimizer or I/O. `forward` returns the user's task names
 as keys; values are (B,) logits for binary tasks and (B,) standardized values for regression.
-With a position tower (`data.position`), `forward` (training) adds its offsets to the binary
-tasks' logits; `forward_features` (prediction, serving) never runs it: position-free estimates.
+With a position tower (`data.position`), `forward` (training) multiplies the binary tasks'
+probabilities by the position's examination (models/position.py); `forward_features`
+(prediction, serving) never runs it: position-free estimates.
 """
 from __future__ import annotations
 
