@@ -18,13 +18,16 @@ from multikpi.data.tabular import file_format, write_table
 from multikpi.errors import ConfigError, DataError, Interrupted, Terminated
 from multikpi.report.compare import render_markdown
 from multikpi.report.tables import render_table
-from multikpi.synthetic.feed import make_feed
+from multikpi.synthetic.feed import LOGGING_TEMPERATURE, make_feed
 from multikpi.synthetic.mmoe import make_mmoe_synthetic
 
-# (rows, seed, world_seed, correlation) -> table; `correlation` (--correlation) is None unless given.
-DATASETS: dict[str, Callable[[int, int, int, float | None], pa.Table]] = {
-    "feed": lambda rows, seed, world_seed, correlation: make_feed(rows, seed=seed, world_seed=world_seed),
-    "mmoe-synthetic": lambda rows, seed, world_seed, correlation: make_mmoe_synthetic(
+# (rows, seed, world_seed, correlation, temperature) -> table; `correlation` (--correlation) and
+# `temperature` (--temperature) are None unless given.
+DATASETS: dict[str, Callable[[int, int, int, float | None, float | None], pa.Table]] = {
+    "feed": lambda rows, seed, world_seed, correlation, temperature: make_feed(
+        rows, seed=seed, world_seed=world_seed,
+        temperature=temperature if temperature is not None else LOGGING_TEMPERATURE),
+    "mmoe-synthetic": lambda rows, seed, world_seed, correlation, temperature: make_mmoe_synthetic(
         rows, correlation if correlation is not None else 0.0, seed=seed, world_seed=world_seed),
 }
 CORRELATED_DATASETS = ("mmoe-synthetic",)
@@ -38,7 +41,8 @@ def make_data(args: argparse.Namespace) -> None:
     if args.seed < 0 or args.world_seed < 0:
         raise DataError(f"--seed and --world-seed must be >= 0. Got {args.seed} and {args.world_seed}")
     _check_correlation(args.kind, args.correlation)
-    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed, args.correlation)
+    _check_temperature(args.kind, args.temperature)
+    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed, args.correlation, args.temperature)
     write_table(table, args.out)
     print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {args.out}")
 
@@ -53,6 +57,15 @@ def _check_correlation(kind: str, correlation: float | None) -> None:
                         f"vectors, in [-1, 1]")
     if not -1.0 <= correlation <= 1.0:  # also rejects nan
         raise DataError(f"--correlation must be in [-1, 1]. Got {correlation}")
+
+
+def _check_temperature(kind: str, temperature: float | None) -> None:
+    if temperature is None:
+        return
+    if kind != "feed":
+        raise DataError(f"--temperature is only used by feed. Got kind {kind!r}")
+    if not temperature > 0:  # also rejects nan
+        raise DataError(f"--temperature must be > 0 (inf: a uniformly random order). Got {temperature}")
 
 
 def validate(args: argparse.Namespace) -> None:

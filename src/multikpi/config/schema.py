@@ -38,6 +38,9 @@ class DataSpec(Spec):
                                                 "keeps each group's rows on one side")
     weight: str | None = Field(None, description="column of non-negative sample weights for every task's loss "
                                                  "and the metrics")
+    position: str | None = Field(None, description="column of the logged position: trains a shallow position "
+                                                   "tower that multiplies the binary tasks' probabilities by the "
+                                                   "position's examination (PAL), dropped at prediction")
 
 
 class TaskSpec(Spec):

@@ -184,6 +184,9 @@ def _check_columns(config: RunConfig) -> list[str]:
     for key, column in (("weight", data.weight), ("group", data.group)):
         if column is not None and column in labels | set(data.categorical) | set(data.dense):
             problems.append(f"`data.{key}` must be a column that is neither a feature nor a label. Got {column!r}")
+    if data.position is not None and data.position in set(data.categorical) | set(data.dense) | labels:
+        problems.append(f"`data.position` must not also be an input feature or a label: its tower is dropped at "
+                        f"prediction, so that estimates are position-free. Got {data.position!r}")
     return problems
 
 
@@ -241,7 +244,7 @@ def _check_esmm(config: RunConfig) -> list[str]:
 
 def subnet_names(config: RunConfig) -> list[str]:
     """The optimizer groups this config's model has: `embeddings`, shared subnets, heads, `loss`."""
-    return arch_subnet_names(config.model.arch, list(config.tasks))
+    return arch_subnet_names(config.model.arch, list(config.tasks)) + (["position"] if config.data.position else [])
 
 
 def _check_optim(config: RunConfig) -> list[str]:

@@ -46,6 +46,7 @@ class EncodersFile(_Strict):
     labels: dict[str, LabelStatsFile] = Field(min_length=1)
     column_stats: dict[str, dict[str, float]] = Field(default_factory=dict)
     weight: str | None = None
+    position: str | None = None
 
 
 def parse_encoders_file(payload: Any, source: str) -> EncodersFile:

@@ -31,6 +31,7 @@ logger = logging.getLogger("multikpi")
 MARGIN = 0.85  # bf16 must take at most this share of the fp32 time
 PROBE_SECONDS = 0.2  # per precision, about
 PROBE_ROWS = 1024
+PROBE_VALUES = 1 << 22
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,7 +81,10 @@ def probe_bf16(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> boo
         logger.info("precision auto (%s): %s (cached probe: fp32 %.2f ms, bf16 %.2f ms)", kind,
                     "bf16" if entry["bf16"] else "fp32", entry["fp32_ms"], entry["bf16_ms"])
         return bool(entry["bf16"])
-    rows = min(batch, PROBE_ROWS)  # the ratio, not the time, decides: a smaller batch keeps the probe short
+    # The ratio, not the time, decides: a smaller batch keeps the probe short, and its activations
+    # (rows x the widest layer) at most PROBE_VALUES, whatever the model's widths.
+    widest = max((e * o for e, _, o in shapes), default=1)
+    rows = max(1, min(batch, PROBE_ROWS, PROBE_VALUES // widest))
     fp32 = _time_gemms(shapes, rows, kind, None)
     bf16 = _time_gemms(shapes, rows, kind, torch.bfloat16, give_up_after=fp32 / MARGIN)
     choice = bf16 < MARGIN * fp32

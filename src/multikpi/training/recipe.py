@@ -97,6 +97,7 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
     check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
     training = build_training(config, encoder).to(device)
     model = training.model
+    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
     precision = resolve_precision(config.train.precision, device, model, batch_size, "train")
     optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source),
                                   model.embeddings)
@@ -104,7 +105,6 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
     workspace.start()  # the first write: a run that failed on its inputs left nothing behind
     state = _start_or_resume(run_dir, config, resume, training, optimizers, selection, fingerprint)
     scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
-    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
 
     _loop(config, run_dir, state, training, optimizers, source, splits, encoder, precision, selection, scalars)
     scalars.close()
@@ -224,11 +224,13 @@ def _center(training: MultiTaskTraining, encoder: FeatureEncoder, scored: dict[s
 
 
 def _concat(parts: list[EncodedData]) -> EncodedData:
-    weights = None
-    if all(p.weights is not None for p in parts):
-        weights = torch.cat([p.weights for p in parts if p.weights is not None])
+    def joined(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        present = [t for t in tensors if t is not None]
+        return torch.cat(present) if len(present) == len(tensors) else None
+
     return EncodedData(torch.cat([p.categorical for p in parts]), torch.cat([p.dense for p in parts]),
-                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights)
+                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights=joined([p.weights for p in parts]),
+                       position=joined([p.position for p in parts]))
 
 
 def _summarize(metrics: RunMetrics, state: LoopState, training: MultiTaskTraining, source: BatchSource,
