@@ -548,3 +548,16 @@ def test_bins_round_trip_through_save_and_load(tmp_path):
     loaded = FeatureEncoder.load(tmp_path / "enc")
     assert loaded.vocab_sizes == encoder.vocab_sizes
     assert torch.equal(loaded.encode(train_table()).categorical, encoder.encode(train_table()).categorical)
+
+
+@pytest.mark.parametrize(("transform", "loss"), [("none", "mse"), ("log1p", "mse"), ("none", "poisson")])
+def test_decode_label_inverts_encode_label_without_smearing(transform, loss):
+    from dataclasses import replace
+
+    from multikpi.data.labels import decode_label, encode_label, fit_label
+    from multikpi.data.specs import LabelSpec
+
+    values = np.array([0.0, 1.5, 3.0, 40.0, np.nan])
+    stats = fit_label(values, "dwell", LabelSpec(kind="regression", column="dwell", transform=transform, loss=loss))
+    smeared = replace(stats, smearing=1.7)  # an estimate's correction, never applied to a label
+    np.testing.assert_allclose(decode_label(encode_label(values, smeared), smeared), values, rtol=1e-12, atol=1e-12)

@@ -145,3 +145,11 @@ def read_weights(column: pa.ChunkedArray, name: str) -> np.ndarray:
     if not values.any():
         raise DataError(f"weight column {name!r} is 0 on every row")
     return values.astype(np.float32)
+
+
+def decode_label(encoded: np.ndarray, stats: LabelStats) -> np.ndarray:
+    """The inverse of `encode_label`: encoded regression labels -> label units (no smearing: a
+    label is a value, not an estimate of a mean). log1p clips negative labels to 0 on the way in."""
+    if stats.kind == "binary" or stats.log_link:
+        return encoded
+    return to_label_units(stats, encoded, smeared=False)
