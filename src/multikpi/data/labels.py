@@ -66,9 +66,25 @@ def read_label(column: pa.ChunkedArray, task: str, kind: str, label: str) -> np.
     if kind == "binary":
         bad = ~np.isnan(values) & (values != 0.0) & (values != 1.0)
         if bad.any():
-            examples = sorted(set(values[bad].tolist()))[:3]
-            raise DataError(f"label column {label!r} of binary task {task!r} must be 0 or 1. Got {examples}")
+            raise DataError(binary_label_message(values, bad, task, label))
     return values
+
+
+def binary_label_message(values: np.ndarray, bad: np.ndarray, task: str, label: str) -> str:
+    """Every distinct offending value (the first ten and a count), the rows, and a mapping hint."""
+    offending = np.unique(values[bad])
+    shown = ", ".join(f"{v:g}" for v in offending[:10])
+    more = f" and {offending.size - 10} more distinct values" if offending.size > 10 else ""
+    present = np.unique(values[~np.isnan(values)])
+    if present.size == 2:
+        hint = f"map {present[0]:g}/{present[1]:g} to 0/1"
+    elif present.size <= 20 and np.all(present == np.round(present)) and present.max() - present.min() >= 3:
+        hint = (f"it looks like a rating ({present.min():g} to {present.max():g}): make a 0/1 column with a "
+                f"threshold (e.g. >= {np.ceil(np.median(present)):g}), or use `kind: regression`")
+    else:
+        hint = "make a 0/1 column, or use `kind: regression`"
+    return (f"label column {label!r} of binary task {task!r} must be 0 or 1 (or null). Got {shown}{more} "
+            f"in {int(bad.sum()):,} of {values.size:,} rows; {hint}")
 
 
 def label_values(table: ColumnSource, name: str, spec: LabelSpec, labels: Mapping[str, LabelSpec]) -> np.ndarray:
