@@ -65,6 +65,8 @@ class TaskSpec(Spec):
         "mse", description="regression: mse on the standardized (transformed) target, or a log-link poisson / "
                            "tweedie loss on the raw label for counts and durations")
     tweedie_power: float = Field(1.5, gt=1.0, lt=2.0, description="loss: tweedie, the variance power p")
+    clip: bool = Field(False, description="regression: clip the estimates (predict, rank, serving, metrics) to "
+                                          "the range of the training labels")
 
 
 class EsmmSpec(Spec):
