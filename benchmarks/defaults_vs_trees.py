@@ -110,7 +110,7 @@ def run_multikpi(config: dict, paths: dict[str, str], overrides: list[str], out:
     raw["out_dir"] = str(out)
     raw.setdefault("train", {}).update({"seed": seed, "progress": "off"})
     started = time.perf_counter()
-    run = multikpi.train(_with(raw, overrides))
+    run = multikpi.train(_with(raw, overrides), overwrite=True)  # a rerun replaces the last one
     return {"seconds": time.perf_counter() - started, "test": run.metrics.splits["test"],
             "epochs": run.metrics.training.get("epochs"), "batch_size": run.metrics.training.get("batch_size"),
             "selection": run.metrics.selection, "warnings": run.metrics.warnings}

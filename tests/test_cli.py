@@ -128,3 +128,24 @@ def test_evaluate_on_a_file_with_some_labels_evaluates_those_and_names_the_skipp
     pq.write_table(table.drop_columns(["click", "dwell", "convert"]), labels_gone)
     assert main(["evaluate", str(run.run_dir), str(labels_gone)]) == 2
     assert "has none of the label columns ['click', 'dwell', 'convert']: evaluate needs labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train"], ["rank", "run", "data.parquet"]])
+def test_help_and_argument_errors_answer_without_importing_torch(argv):
+    code = ("import sys\nfrom multikpi.cli.main import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as stop:\n    print('exit', stop.code)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] in ("exit 0", "exit 2")
+
+
+def test_evaluate_names_the_file_above_a_table_in_config_order(tiny_config, feed_files, capsys):
+    from multikpi import train
+
+    run = train(tiny_config)
+    assert main(["evaluate", str(run.run_dir), str(feed_files["valid"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"metrics on {feed_files['valid']}:"
+    assert lines[1].split()[0] == "task"  # no split column padded to the width of a file name
+    assert [line.split()[0] for line in lines[2:5]] == ["click", "dwell", "convert"]  # the config's order
