@@ -27,12 +27,13 @@ def _loss(embedding: FeatureEmbedding, categorical: torch.Tensor, target: torch.
     return (embedding(categorical) - target).square().sum()
 
 
-def test_coalesced_rows_are_bitwise_the_index_add_sums():
+@pytest.mark.parametrize("table_rows", [None, 100])  # 64-bit keys, and the 32-bit sort of a small table
+def test_coalesced_rows_are_bitwise_the_index_add_sums(table_rows):
     rows = torch.randint(0, 100, (5000,))
     grad = torch.randn(5000, 8)
-    unique, summed = coalesce_rows(rows, grad)
+    unique, summed = coalesce_rows(rows, grad, table_rows)
     dense = torch.zeros(100, 8).index_add_(0, rows, grad)
-    assert torch.equal(unique, torch.unique(rows))
+    assert unique.dtype == torch.int64 and torch.equal(unique, torch.unique(rows))
     assert torch.equal(summed, dense[unique])
 
 

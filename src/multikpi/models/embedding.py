@@ -24,14 +24,22 @@ import torch
 from torch import nn
 
 
-def coalesce_rows(rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """rows (n,) int64 with repeats, grad (n, dim) -> (distinct rows ascending (U,), their summed
-    gradients (U, dim)), each row's gradients summed in the order they occur."""
-    sorted_rows, order = torch.sort(rows, stable=True)
+INT32_ROWS = 2**31 - 1
+
+
+def coalesce_rows(rows: torch.Tensor, grad: torch.Tensor, table_rows: int | None = None) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """rows (n,) int64 with repeats, grad (n, dim) -> (distinct rows ascending (U,) int64, their
+    summed gradients (U, dim)), each row's gradients summed in the order they occur.
+
+    The sort is the step's largest cost after the matmuls: on a table of fewer than 2^31 rows
+    (`table_rows`) it sorts 32-bit keys, which torch's radix sort does about 4x faster."""
+    keys = rows.to(torch.int32) if table_rows is not None and table_rows <= INT32_ROWS else rows
+    sorted_rows, order = torch.sort(keys, stable=True)
     unique, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
-    starts = torch.zeros_like(counts)
+    starts = torch.zeros_like(counts, dtype=torch.int64)
     torch.cumsum(counts[:-1], 0, out=starts[1:])
-    return unique, nn.functional.embedding_bag(order, grad, starts, mode="sum")
+    return unique.to(torch.int64), nn.functional.embedding_bag(order, grad, starts, mode="sum")
 
 
 class _DenseGather(torch.autograd.Function):
@@ -46,7 +54,7 @@ class _DenseGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (rows,) = ctx.saved_tensors
-        unique, summed = coalesce_rows(rows.reshape(-1), grad.reshape(-1, ctx.table_shape[1]))
+        unique, summed = coalesce_rows(rows.reshape(-1), grad.reshape(-1, ctx.table_shape[1]), ctx.table_shape[0])
         grad_weight = torch.zeros(ctx.table_shape, dtype=grad.dtype, device=grad.device)
         grad_weight.index_copy_(0, unique, summed)
         return grad_weight, None
@@ -67,7 +75,7 @@ class _SparseGather(torch.autograd.Function):
         (rows,) = ctx.saved_tensors
         module = ctx.module
         grad = grad.reshape(-1, module.dim).to(module.weight.dtype)  # bf16 upstream grads sum in fp32
-        module.pending.append(coalesce_rows(rows.reshape(-1), grad))
+        module.pending.append(coalesce_rows(rows.reshape(-1), grad, module.weight.shape[0]))
         return None, None, None, None
 
 
@@ -112,5 +120,5 @@ class FeatureEmbedding(nn.Module):
             return None
         if len(self.pending) > 1:  # several backward passes (accumulation): coalesce them together
             self.pending = [coalesce_rows(torch.cat([r for r, _ in self.pending]),
-                                          torch.cat([g for _, g in self.pending]))]
+                                          torch.cat([g for _, g in self.pending]), self.weight.shape[0])]
         return self.pending[0]
