@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 INT32_ROWS = 2**31 - 1
 
 
