@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
 from multikpi.cli.report_commands import add_parser as add_report_parser
+from multikpi.cli.serve_commands import add_parsers as add_serve_parsers
 from multikpi.errors import MultiKPIError
 
 DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
@@ -20,9 +21,10 @@ Command = Callable[[argparse.Namespace], int | None]
 def _commands() -> dict[str, Command]:
     """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
     answer without loading torch."""
-    from multikpi.cli import commands, decide_commands
+    from multikpi.cli import commands, decide_commands, serve_commands
 
-    return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
+    return {"serve": serve_commands.serve, "export": serve_commands.export,
+            "make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
             "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
 
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_decide_parsers(sub)  # rank, tune-decision
     add_report_parser(sub)
+    add_serve_parsers(sub)  # serve, export
     return parser
 
 

@@ -83,6 +83,8 @@ class ServingEncoder:
     def codes(self, column: str, values: pa.ChunkedArray) -> np.ndarray:
         """(n,) int64 vocabulary index + 1 of each value, 0 for unseen and null ids."""
         vocab = self.encoder.vocabs[column]
+        if pa.types.is_null(values.type):  # every value null (e.g. one JSON null): all out of vocabulary
+            return np.zeros(len(values), dtype=np.int64)
         values = check_id_type(values, column)
         if values.type != vocab.type:
             try:
@@ -141,5 +143,5 @@ def as_arrow(values: Any, column: str) -> pa.ChunkedArray:
         return pa.chunked_array([values])
     try:
         return pa.chunked_array([pa.array(values)])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
         raise DataError(f"feature {column!r}: values of mixed or unsupported types: {err}") from None
