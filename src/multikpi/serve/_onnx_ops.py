@@ -17,16 +17,17 @@ from onnxscript import opset20 as op
 
 
 def _log1p_small(u: Any) -> Any:
-    one = op.CastLike(1.0, u)
+    one = op.CastLike(1.0, u)  # type: ignore[type-var]
     w = op.Add(one, u)
     d = op.Sub(w, one)
-    rounds_to_one = op.Equal(d, op.CastLike(0.0, u))
+    rounds_to_one = op.Equal(d, op.CastLike(0.0, u))  # type: ignore[type-var]
     safe_d = op.Where(rounds_to_one, one, d)  # 0/0 where w == 1: divide by 1 there and pick u
     return op.Where(rounds_to_one, u, op.Div(op.Mul(op.Log(w), u), safe_d))
 
 
 def log_sigmoid(x: Any) -> Any:
-    return op.Sub(op.Min(x, op.CastLike(0.0, x)), _log1p_small(op.Exp(op.Neg(op.Abs(x)))))
+    zero = op.CastLike(0.0, x)  # type: ignore[type-var]
+    return op.Sub(op.Min(x, zero), _log1p_small(op.Exp(op.Neg(op.Abs(x)))))
 
 
 def logaddexp(a: Any, b: Any) -> Any:

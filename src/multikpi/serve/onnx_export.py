@@ -92,6 +92,7 @@ def export_onnx_bytes(model: MultiTaskModel, encoder: FeatureEncoder, version: s
             dynamic_shapes={"categorical": {0: batch}, "dense": {0: batch}},
             custom_translation_table=_stable_translations(),
         )
+    assert program is not None  # dynamo=True returns the program
     proto = program.model_proto
     _check_dynamic_batch(proto)
     meta = {VERSION_KEY: version, LAYOUT_KEY: json.dumps(layout(encoder, model))}

@@ -34,7 +34,7 @@ def _build(app: Any, bundle: Bundle) -> dict[str, Any]:
 
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    models = {**bundle.models.schemas, "ReloadRequest": ReloadRequest}
+    models: dict[str, Any] = {**bundle.models.schemas, "ReloadRequest": ReloadRequest}
     for name, model in models.items():
         schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))

@@ -15,11 +15,11 @@ request bytes; unknown keys are rejected.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired, Required
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, create_model
-from typing_extensions import NotRequired, Required, TypedDict
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict on Python < 3.12
 
 from multikpi.formula import MAX_LENGTH
 from multikpi.serve.predictor import Predictor
@@ -44,7 +44,7 @@ class RequestModels:
 
     rank: TypeAdapter[Any]
     predict: TypeAdapter[Any]
-    schemas: dict[str, type[Any]]  # name -> model, for the OpenAPI components
+    schemas: dict[str, Any]  # name -> model, for the OpenAPI components
 
 
 def feature_types(predictor: Predictor) -> dict[str, Any]:
@@ -64,7 +64,8 @@ def request_models(predictor: Predictor, limits: Limits) -> RequestModels:
     optional = {name: NotRequired[kind] for name, kind in {**types, **ids}.items()}
     context = _typed_dict("Context", optional)
     candidate = _typed_dict("Candidate", optional)
-    row = _typed_dict("Row", {**{n: Required[k] for n, k in types.items()}, **{n: NotRequired[k] for n, k in ids.items()}})
+    row = _typed_dict("Row", {**{n: Required[k] for n, k in types.items()},
+                              **{n: NotRequired[k] for n, k in ids.items()}})
     no_unknown_keys = ConfigDict(extra="forbid")
     rank = create_model(
         "RankRequest", __config__=no_unknown_keys,
@@ -90,17 +91,17 @@ def response_models(predictor: Predictor) -> dict[str, type[BaseModel]]:
     ranked = create_model("RankedCandidate", rank=(int, ...), index=(int, ...),
                           ids=(dict[str, IdValue], ...), score=(float | None, ...), estimates=(estimates, ...))
     rank = create_model("RankResponse", version=(str, ...), score=(str, ...), top_k=(int, ...),
-                        num_candidates=(int, ...), candidates=(list[ranked], ...),  # type: ignore[valid-type]
+                        num_candidates=(int, ...), candidates=(list[ranked], ...),
                         oov=(dict[str, int], ...))
     prediction = create_model("Prediction", ids=(dict[str, IdValue], ...), estimates=(estimates, ...))
     predict = create_model("PredictResponse", version=(str, ...), calibrated=(bool, ...),
-                           predictions=(list[prediction], ...))  # type: ignore[valid-type]
+                           predictions=(list[prediction], ...))
     return {"RankResponse": rank, "PredictResponse": predict}
 
 
 def _typed_dict(name: str, fields: dict[str, Any]) -> type[Any]:
     """A TypedDict class with these (possibly non-identifier) keys that forbids unknown keys."""
-    cls = TypedDict(name, fields)  # type: ignore[operator]  # keys come from the run's schema
+    cls = TypedDict(name, fields)  # type: ignore[misc]  # keys come from the run's schema
     cls.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
     return cls
 
