@@ -252,3 +252,25 @@ def test_admin_token_guards_reload(serving_run, monkeypatch):
         response = c.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
         assert response.status_code == 200, response.text  # the same run, read anew
         assert time.perf_counter() - started < 120
+
+
+def test_serve_options_and_backends_are_checked_with_one_line_errors(serving_run, capsys):
+    from multikpi.cli.main import main
+    from multikpi.errors import DataError
+
+    assert main(["serve", str(serving_run), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "multikpi serve: error: --workers must be a positive integer. Got 0"
+    assert main(["serve", str(serving_run) + "-absent"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"run directory '{serving_run}-absent' does not exist")
+    with pytest.raises(DataError, match=r"^backend must be one of torch, onnx. Got 'tensorrt'$"):
+        Predictor.load(serving_run, backend="tensorrt")
+
+
+def test_serving_errors_are_in_the_catalogue():
+    from conftest import REPO
+
+    text = (REPO / "docs" / "errors.md").read_text()
+    ids = ["serve-invalid-field", "serve-missing-feature", "serve-feature-twice", "serve-body-too-large",
+           "serve-reload-refused", "serve-bad-option", "serve-bad-backend", "serve-onnx-stale", "export-bad-format",
+           "export-out-not-onnx"]
+    assert [i for i in ids if f"`{i}`" not in text] == []

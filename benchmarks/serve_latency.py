@@ -1,0 +1,330 @@
+"""Latency and throughput of `POST /rank` on loopback, for the shared-bottom feed benchmark model:
+N = 10, 100, 1000 candidates per request, 1 and 2 client threads, the torch and onnx backends,
+and in the same run the naive path (a plain FastAPI endpoint: default body parsing into row
+dicts, a pyarrow Table, `FeatureEncoder.encode` + the eager model as `Predictor.predict` did before
+the server existed, the formula, a sort, FastAPI's default JSON response).
+
+    python benchmarks/serve_latency.py                       # train (if needed), export, measure, write the doc
+    python benchmarks/serve_latency.py --run RUN_DIR         # an existing run of configs/feed_benchmark.yaml
+    python benchmarks/serve_latency.py --from-results        # rebuild the table and plot from the results file
+    python benchmarks/serve_latency.py --naive-server RUN_DIR PORT   # (internal) the naive baseline
+
+Bounded: each configuration sends at most --requests requests per client thread and stops after
+--seconds, after --warmup requests per thread that are not timed. Every server is a subprocess on
+127.0.0.1 that is stopped at the end. Requests are built from the test split: the user-side and
+page-view columns (gen_feed.py's roles) form the context, sent once; every other feature is a
+candidate's. Latency is measured by the client, from sending the request to reading the whole
+response, over a persistent HTTP/1.1 connection per thread. Writes benchmarks/results/
+serve_latency.json, the table block of docs/serving.md and docs/serving_latency.png.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "serve_latency.json"
+DOC = REPO / "docs" / "serving.md"
+PLOT = REPO / "docs" / "serving_latency.png"
+BEGIN, END = "<!-- serve_latency:table:begin -->", "<!-- serve_latency:table:end -->"
+CONTEXT = ["c2", "c4", "c6", "c9", "c13", "c17", "c25", "c5", "c8", "c11", "c16", "c20"]  # user + page view
+SIZES = (10, 100, 1000)
+THREADS = (1, 2)
+SCORE = "click * (1 + 0.01 * dwell) * convert^0.2"
+TOP_K = 10
+SYSTEMS = ("multikpi-onnx", "multikpi-torch", "naive")
+
+
+def ensure_run(args: argparse.Namespace) -> Path:
+    """The benchmark run: --run, or configs/feed_benchmark.yaml trained once (1 epoch) into bench-results/."""
+    if args.run:
+        return Path(args.run)
+    run = REPO / "bench-results" / "serve_run"
+    if not (run / "manifest.json").is_file():
+        for split in ("train", "test"):
+            if not (REPO / "bench-data" / f"{split}.parquet").is_file():
+                sys.exit(f"bench-data/{split}.parquet is missing: run `make bench-data` first")
+        subprocess.run([sys.executable, "-m", "multikpi.cli.main", "train", "configs/feed_benchmark.yaml",
+                        "train.epochs=1", "train.progress=off", f"decide.score={SCORE}", f"decide.top_k={TOP_K}",
+                        "data.id_columns=[c26]", "--out-dir", str(run), "--overwrite"], cwd=REPO, check=True)
+    if not (run / "model.onnx").is_file():
+        subprocess.run([sys.executable, "-m", "multikpi.cli.main", "export", str(run), "--rows", "20000"],
+                       cwd=REPO, check=True)
+    return run
+
+
+def request_bodies(run: Path, sizes: tuple[int, ...], per_size: int = 16, seed: int = 0
+                   ) -> dict[int, tuple[list[bytes], list[bytes]]]:
+    """N -> (/rank bodies with a context, the naive server's bodies with full rows), from the test split."""
+    import pyarrow.parquet as pq
+
+    from multikpi import Predictor
+
+    predictor = Predictor.load(run)
+    test = predictor.config.data.test or "bench-data/test.parquet"
+    table = pq.read_table(REPO / test if not Path(test).is_absolute() else test,
+                          columns=predictor.feature_columns())
+    rng = np.random.default_rng(seed)
+    columns = {c: table.column(c).to_pylist() for c in table.column_names}
+    item_columns = [c for c in predictor.feature_columns() if c not in CONTEXT]
+    out = {}
+    for n in sizes:
+        ranked, naive = [], []
+        for _ in range(per_size):
+            user, rows = int(rng.integers(table.num_rows)), rng.integers(0, table.num_rows, n).tolist()
+            context = {c: _clean(columns[c][user]) for c in CONTEXT}
+            candidates = [{c: _clean(columns[c][r]) for c in item_columns} for r in rows]
+            ranked.append(json.dumps({"context": context, "candidates": candidates, "top_k": TOP_K}).encode())
+            naive.append(json.dumps({"rows": [{**context, **c} for c in candidates], "top_k": TOP_K}).encode())
+        out[n] = (ranked, naive)
+    return out
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def naive_server(run_dir: str, port: int) -> None:
+    """The baseline: what a team would write first around the 0.1 batch-prediction path."""
+    import pyarrow as pa
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from multikpi import Predictor
+    from multikpi.eval.calibration import apply_calibration
+    from multikpi.eval.evaluate import estimates, model_outputs
+    from multikpi.formula import parse_formula
+
+    torch.set_num_threads(1)
+    predictor = Predictor.load(run_dir)
+    formula = parse_formula(predictor.serving.score or "click", predictor.tasks)
+
+    class Body(BaseModel):
+        rows: list[dict[str, Any]]
+        top_k: int = TOP_K
+
+    app = FastAPI()
+
+    @app.post("/rank")
+    def rank(body: Body) -> dict[str, Any]:
+        table = pa.Table.from_pylist(body.rows)
+        encoded = predictor.encoder.encode(table, with_labels=False)
+        outputs = model_outputs(predictor.model, encoded, predictor.serving.batch_size, predictor.precision)
+        values = apply_calibration(estimates(outputs, predictor.encoder), predictor.calibrators,
+                                   predictor.calibration)
+        scores = formula.evaluate(values, rows=table.num_rows)
+        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:body.top_k]
+        return {"candidates": [{"index": int(i), "score": float(scores[i]),
+                                "estimates": {t: float(values[t][i]) for t in predictor.tasks}} for i in order]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Server:
+    """A server subprocess on a free loopback port (its own process group), stopped on exit."""
+
+    def __init__(self, command: list[str]):
+        self.port = _free_port()
+        self.process = subprocess.Popen([*command, str(self.port)] if command[-1] == "PORT" else
+                                        [*command, "--port", str(self.port)], cwd=REPO, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/health" if "--naive-server" not in self.process.args else "/docs")
+                if connection.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def load(port: int, bodies: list[bytes], threads: int, requests: int, seconds: float,
+         warmup: int) -> dict[str, float]:
+    """`threads` clients, each on its own connection, send the bodies round-robin; client-side
+    latency of every timed request, the wall time from the common start to the last answer."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    start = threading.Barrier(threads + 1)
+
+    def client(k: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json"}
+        for i in range(warmup):
+            _post(connection, bodies[(i + k) % len(bodies)], headers)
+        start.wait()
+        deadline = time.perf_counter() + seconds
+        for i in range(requests):
+            if time.perf_counter() > deadline:
+                break
+            began = time.perf_counter()
+            status = _post(connection, bodies[(i * threads + k) % len(bodies)], headers)
+            latencies[k].append(time.perf_counter() - began)
+            errors[k] += status != 200
+        connection.close()
+
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    wall = time.perf_counter() - began
+    times = np.concatenate([np.asarray(t) for t in latencies]) * 1e3
+    return {"requests": int(times.size), "errors": int(sum(errors)), "p50_ms": float(np.percentile(times, 50)),
+            "p99_ms": float(np.percentile(times, 99)), "rps": float(times.size / wall)}
+
+
+def _post(connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> int:
+    connection.request("POST", "/rank", body, headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    bodies = request_bodies(run, SIZES)
+    commands = {"multikpi-onnx": [sys.executable, "-m", "multikpi.cli.main", "serve", str(run), "--backend", "onnx",
+                                  "--threads", "1", "--log-level", "warning"],
+                "multikpi-torch": [sys.executable, "-m", "multikpi.cli.main", "serve", str(run), "--backend", "torch",
+                                   "--threads", "1", "--log-level", "warning"],
+                "naive": [sys.executable, __file__, "--naive-server", str(run), "PORT"]}
+    rows, load_start = [], os.getloadavg()
+    for system in SYSTEMS:
+        with Server(commands[system]) as server:
+            for n in SIZES:
+                for threads in THREADS:
+                    result = load(server.port, bodies[n][system == "naive"], threads, args.requests, args.seconds,
+                                  args.warmup)
+                    result.update({"system": system, "candidates": n, "threads": threads,
+                                   "cps": result["rps"] * n, "loadavg": os.getloadavg()[0]})
+                    print(json.dumps(result), flush=True)
+                    rows.append(result)
+    return {"rows": rows, "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "cores": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "run": str(run),
+            "requests_per_thread": args.requests, "seconds": args.seconds}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    naive = {(r["candidates"], r["threads"]): r for r in rows if r["system"] == "naive"}
+    lines = ["| path | candidates | client threads | p50 ms | p99 ms | requests/s | candidates/s | p50 vs naive |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["candidates"], r["threads"])):
+        base = naive[(r["candidates"], r["threads"])]
+        ratio = "1" if r["system"] == "naive" else f"{base['p50_ms'] / r['p50_ms']:.1f}x faster"
+        lines.append(f"| {r['system']} | {r['candidates']} | {r['threads']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['rps']:,.0f} | {r['cps']:,.0f} | {ratio} |")
+    best = {n: min((r for r in rows if r["system"] != "naive" and r["candidates"] == n and r["threads"] == 1),
+                   key=lambda r: r["p99_ms"]) for n in SIZES}
+    peak = max((r for r in rows if r["system"] != "naive"), key=lambda r: r["cps"])
+    load = f"{results['loadavg_start'][0]:.1f} at the start, {results['loadavg_end'][0]:.1f} at the end"
+    lines += ["", f"Measured {results['date']} on {results['cores']} cores, load average {load}; at most "
+              f"{results['requests_per_thread']} timed requests per client thread and configuration.",
+              "", "Targets (1 client thread, best backend): "
+              f"p99 at N = 100: {best[100]['p99_ms']:.2f} ms ({'met' if best[100]['p99_ms'] <= 5 else 'NOT met'}: "
+              f"≤ 5 ms, {best[100]['system']}); p99 at N = 1000: {best[1000]['p99_ms']:.2f} ms "
+              f"({'met' if best[1000]['p99_ms'] <= 20 else 'NOT met'}: ≤ 20 ms, {best[1000]['system']}); "
+              f"throughput: {peak['cps']:,.0f} candidates/s ({'met' if peak['cps'] >= 50_000 else 'NOT met'}: "
+              f"≥ 50,000; {peak['system']}, N = {peak['candidates']}, {peak['threads']} threads)."]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for system, color in zip(SYSTEMS, ("tab:blue", "tab:orange", "tab:gray")):
+        mine = sorted((r for r in results["rows"] if r["system"] == system and r["threads"] == 1),
+                      key=lambda r: r["candidates"])
+        n = [r["candidates"] for r in mine]
+        left.plot(n, [r["p50_ms"] for r in mine], "o-", color=color, label=f"{system} p50")
+        left.plot(n, [r["p99_ms"] for r in mine], "s--", color=color, label=f"{system} p99")
+        two = sorted((r for r in results["rows"] if r["system"] == system and r["threads"] == 2),
+                     key=lambda r: r["candidates"])
+        right.plot([r["candidates"] for r in two], [r["cps"] for r in two], "o-", color=color, label=system)
+    left.set(xscale="log", yscale="log", xlabel="candidates per request", ylabel="latency (ms), 1 client thread",
+             title="POST /rank latency")
+    right.set(xscale="log", yscale="log", xlabel="candidates per request", ylabel="candidates / s, 2 client threads",
+              title="throughput")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_doc(doc: Path, text: str) -> None:
+    """Replace the table block of `doc` (between BEGIN and END), or append one."""
+    block = f"{BEGIN}\n{text}\n{END}"
+    page = doc.read_text() if doc.is_file() else ""
+    if BEGIN in page and END in page:
+        page = page[:page.index(BEGIN)] + block + page[page.index(END) + len(END):]
+    else:
+        page = page.rstrip("\n") + ("\n\n" if page else "") + block + "\n"
+    doc.write_text(page)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default=None)
+    parser.add_argument("--requests", type=int, default=400, help="timed requests per client thread (at most)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time cap per configuration")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--from-results", action="store_true")
+    parser.add_argument("--naive-server", nargs=2, metavar=("RUN_DIR", "PORT"))
+    args = parser.parse_args()
+    if args.naive_server:
+        naive_server(args.naive_server[0], int(args.naive_server[1]))
+        return
+    if args.from_results:
+        results = json.loads(RESULTS.read_text())
+    else:
+        results = measure(ensure_run(args), args)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    text = markdown(results)
+    write_doc(DOC, text)
+    plot(results, PLOT)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
