@@ -50,6 +50,22 @@ def test_serving_encoder_equals_feature_encoder_on_whole_splits(predictor, feed_
         assert got.oov["user_id"] == int((expected.categorical[:, 0] == 0).sum())
 
 
+def test_python_lists_as_json_gives_them_encode_the_same(predictor, feed_files):
+    """The request path: plain lists of ints, strings, floats and None (no Arrow) -> the same codes."""
+    table = pq.read_table(feed_files["test"])
+    expected = predictor.encoder.encode(table, with_labels=False)
+    lists = {c: [None if isinstance(v, float) and math.isnan(v) else v for v in table.column(c).to_pylist()]
+             for c in predictor.feature_columns()}
+    assert any(v is None for v in lists["affinity"]) or any(v is None for v in lists["price"])
+    got = predictor.serving_encoder.encode(lists, table.num_rows)
+    assert np.array_equal(got.categorical, expected.categorical.numpy())
+    assert np.array_equal(got.dense, expected.dense.numpy())
+    with pytest.raises(DataError, match=r"dense column 'price' must be numeric. Got type string"):
+        predictor.serving_encoder.encode({**lists, "price": ["1.5"] * table.num_rows}, table.num_rows)
+    with pytest.raises(DataError, match=r"dense column 'price' must be finite or null. Got 1 infinite value"):
+        predictor.serving_encoder.encode({**lists, "price": [math.inf] + lists["price"][1:]}, table.num_rows)
+
+
 def test_context_is_broadcast_like_repeated_rows(predictor, test_table):
     context, candidates, rows = _request(test_table, 3)
     full = [{**context, **c} for c in candidates]

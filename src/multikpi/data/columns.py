@@ -72,7 +72,11 @@ def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
             or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
         raise DataError(f"dense column {name!r} must be numeric. Got type {column.type}")
-    values = column.cast(pa.float64()).to_numpy()
+    return finite_values(column.cast(pa.float64()).to_numpy(), name, log1p)
+
+
+def finite_values(values: np.ndarray, name: str, log1p: bool) -> np.ndarray:
+    """float64 `values` (NaN for null) checked finite, log1p'd if asked; a writeable array."""
     if np.isinf(values).any():
         count = int(np.isinf(values).sum())
         raise DataError(f"dense column {name!r} must be finite or null. Got {count} infinite value(s)")
@@ -108,7 +112,11 @@ def fit_encode_dense(column: pa.ChunkedArray, name: str, log1p: bool,
 
 def standardize(column: pa.ChunkedArray, name: str, stats: dict[str, Any]) -> DenseEncoding:
     """(standardized values with NaN -> 0, missing mask, bin codes or None) with fitted statistics."""
-    values = _dense_values(column, name, stats["log1p"])
+    return standardize_values(_dense_values(column, name, stats["log1p"]), stats)
+
+
+def standardize_values(values: np.ndarray, stats: dict[str, Any]) -> DenseEncoding:
+    """`standardize` of float64 values already checked and log1p'd (`finite_values`); modifies them."""
     missing = np.isnan(values)
     codes = bin_codes(values, np.asarray(stats["bin_edges"])) if "bin_edges" in stats else None
     return _scale(values, missing, stats), missing, codes

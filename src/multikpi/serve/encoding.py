@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from multikpi.data.columns import check_id_type, encode_ids, standardize
+from multikpi.data.columns import (
+    DenseEncoding,
+    check_id_type,
+    encode_ids,
+    finite_values,
+    standardize,
+    standardize_values,
+)
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.errors import DataError
 
@@ -67,18 +74,40 @@ class ServingEncoder:
         dense = np.empty((rows, self.num_dense), dtype=np.float32)
         oov: dict[str, int] = {}
         for i, column in enumerate(self.categorical):
-            codes = self.codes(column, self._values(column, columns, context, rows))
+            raw = self._raw(column, columns, context, rows)
+            codes = self._fast_codes(column, raw)
+            if codes is None:
+                codes = self.codes(column, as_arrow(raw, column))
             oov[column] = int(np.count_nonzero(codes == 0))
             categorical[:, i] = codes
         for i, column in enumerate(self.dense):
-            values, missing, bins = standardize(self._values(column, columns, context, rows), column,
-                                                self.encoder.dense_stats[column])
+            values, missing, bins = self._standardize(column, self._raw(column, columns, context, rows))
             dense[:, i] = values
             if column in self._indicator_at:
                 dense[:, self._indicator_at[column]] = missing
             if bins is not None:
                 categorical[:, self._bins_at[column]] = bins
         return EncodedRequest(categorical, dense, oov)
+
+    def _fast_codes(self, column: str, raw: Any) -> np.ndarray | None:
+        """Codes of a plain list of Python ints in an int64 vocabulary, without Arrow (what a JSON
+        request holds); None when the values are anything else (nulls, other types: `codes`)."""
+        if column not in self._sorted or not isinstance(raw, list) or self._sorted[column].dtype != np.int64:
+            return None
+        values = np.array(raw)
+        if values.dtype != np.int64:
+            return None
+        return self._search(self._sorted[column], values)
+
+    def _standardize(self, column: str, raw: Any) -> DenseEncoding:
+        """The dense column's standardized values, missing mask and bin codes (`standardize`); a
+        list of Python numbers and None is converted by NumPy directly."""
+        stats = self.encoder.dense_stats[column]
+        if isinstance(raw, list):
+            values = np.array(raw)
+            if values.ndim == 1 and values.dtype.kind in "fiub":  # numbers only (None or text: Arrow below)
+                return standardize_values(finite_values(values.astype(np.float64), column, stats["log1p"]), stats)
+        return standardize(as_arrow(raw, column), column, stats)
 
     def codes(self, column: str, values: pa.ChunkedArray) -> np.ndarray:
         """(n,) int64 vocabulary index + 1 of each value, 0 for unseen and null ids."""
@@ -94,21 +123,24 @@ class ServingEncoder:
                                 f"training. Got {values.type}") from None
         array = values.combine_chunks()
         if column in self._sorted:
-            return self._search(self._sorted[column], array)
+            if not array.null_count:
+                return self._search(self._sorted[column], array.to_numpy())
+            return self._search(self._sorted[column], array.fill_null(0).to_numpy(zero_copy_only=False),
+                                array.is_null().to_numpy(zero_copy_only=False))
         if len(array) > LARGE:  # a whole file: one vectorised hash lookup beats a Python loop
             return encode_ids(values, vocab, column).astype(np.int64)
         lookup = self._lookup(column)
         return np.fromiter((lookup.get(v, 0) for v in array.to_pylist()), dtype=np.int64, count=len(array))
 
     @staticmethod
-    def _search(vocab: np.ndarray, array: pa.Array) -> np.ndarray:
-        values = array.fill_null(0).to_numpy(zero_copy_only=False) if array.null_count else array.to_numpy()
+    def _search(vocab: np.ndarray, values: np.ndarray, nulls: np.ndarray | None = None) -> np.ndarray:
+        """Index + 1 of each value in the sorted `vocab`, 0 where absent or null."""
         if vocab.size == 0:
             return np.zeros(len(values), dtype=np.int64)
         at = np.minimum(np.searchsorted(vocab, values), vocab.size - 1)
         found = vocab[at] == values
-        if array.null_count:
-            found &= ~array.is_null().to_numpy(zero_copy_only=False)
+        if nulls is not None:
+            found &= ~nulls
         return np.where(found, at + 1, 0).astype(np.int64)
 
     def _lookup(self, column: str) -> dict[Any, int]:
@@ -122,15 +154,14 @@ class ServingEncoder:
                     self._dicts[column] = lookup
         return lookup
 
-    def _values(self, column: str, columns: Mapping[str, Any], context: Mapping[str, Any],
-                rows: int) -> pa.ChunkedArray:
-        """The column's values as Arrow: `rows` of them, or its one context value (broadcast
+    def _raw(self, column: str, columns: Mapping[str, Any], context: Mapping[str, Any], rows: int) -> Any:
+        """The column's `rows` values as given, or its one context value as a list of one (broadcast
         later by NumPy assignment, so never copied per row)."""
         if column in context:
-            return as_arrow([context[column]], column)
+            return [context[column]]
         if column not in columns:
             raise DataError(f"input has no feature {column!r}; the model needs {self.features}")
-        values = as_arrow(columns[column], column)
+        values = columns[column]
         if len(values) != rows:
             raise DataError(f"feature {column!r} has {len(values)} values; expected one per row ({rows})")
         return values

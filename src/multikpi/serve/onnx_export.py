@@ -19,6 +19,8 @@ The recipe (torch 2.13, onnx 1.23, onnxruntime 1.32, onnxscript 0.7), and why:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import warnings
@@ -84,7 +86,8 @@ def export_onnx_bytes(model: MultiTaskModel, encoder: FeatureEncoder, version: s
     batch = torch.export.Dim("batch")
     # the exporter logs one warning per torchvision op it cannot register when torchvision is absent
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
+    # the exporter's graph optimizer prints its passes to stdout: keep a CLI's output clean
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             _Outputs(model, keys), example, dynamo=True, verbose=False,
