@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -140,15 +141,17 @@ class Server:
 
     def __init__(self, command: list[str]):
         self.port = _free_port()
-        self.process = subprocess.Popen([*command, str(self.port)] if command[-1] == "PORT" else
-                                        [*command, "--port", str(self.port)], cwd=REPO, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = tempfile.TemporaryFile()
+        argv = [str(self.port) if a == "PORT" else a for a in command]
+        self.process = subprocess.Popen(argv if "PORT" in command else [*argv, "--port", str(self.port)], cwd=REPO,
+                                        start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> Server:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                self.log.seek(0)
+                raise RuntimeError(f"server exited: {self.log.read().decode()[-2000:]}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 connection.request("GET", "/health" if "--naive-server" not in self.process.args else "/docs")

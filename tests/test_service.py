@@ -210,36 +210,37 @@ def test_reload_swaps_atomically_and_refuses_a_bad_run(serving_run, serving_run_
 
 
 def test_requests_in_flight_finish_on_the_old_model(serving_run, serving_run_b, request_body):
+    """A reload (here from another thread, as SIGHUP does) swaps the model while a /rank request is
+    being computed: that request still answers from the old model, the next one from the new."""
     app = build_app(ServeSettings(str(serving_run)))
     with fastapi_testclient.TestClient(app) as c:
-        old = c.get("/health").json()["version"]
-        backend = _current_backend(app)
-        started, release = threading.Event(), threading.Event()
-        compute = backend.outputs
+        state = _state(app)
+        old = state.current
+        started = threading.Event()
+        compute = old.predictor.backend.outputs
 
-        def slow_outputs(categorical, dense):
+        def outputs_after_the_swap(categorical, dense):
             started.set()
-            release.wait(30)
+            deadline = time.monotonic() + 120
+            while state.current is old and time.monotonic() < deadline:  # the swap happens meanwhile
+                time.sleep(0.01)
             return compute(categorical, dense)
 
-        backend.outputs = slow_outputs
-        answers = {}
-        thread = threading.Thread(target=lambda: answers.update(r=c.post("/rank", json=request_body)))
-        thread.start()
-        assert started.wait(30)
-        assert c.post("/admin/reload", json={"run_dir": str(serving_run_b)}).status_code == 200
-        release.set()
-        thread.join(60)
-        assert answers["r"].status_code == 200 and answers["r"].json()["version"] == old
-        assert c.post("/rank", json=request_body).json()["version"] != old
+        old.predictor.backend.outputs = outputs_after_the_swap
+        reloader = threading.Thread(target=lambda: started.wait(60) and state.reload(str(serving_run_b)))
+        reloader.start()
+        response = c.post("/rank", json=request_body)
+        reloader.join(120)
+        assert state.current is not old and state.current.version == Predictor.load(serving_run_b).version
+        assert response.status_code == 200 and response.json()["version"] == old.version
+        assert c.post("/rank", json=request_body).json()["version"] == state.current.version
 
 
-def _current_backend(app):
-    """The backend of the bundle the app serves now (through the reload endpoint's closure)."""
+def _state(app):
+    """The ServiceState the app serves (reached through the /health endpoint's closure)."""
     for route in app.routes:
         if getattr(route, "path", None) == "/health":
-            state = next(c.cell_contents for c in route.endpoint.__closure__ if hasattr(c.cell_contents, "current"))
-            return state.current.predictor.backend
+            return next(c.cell_contents for c in route.endpoint.__closure__ if hasattr(c.cell_contents, "current"))
     raise AssertionError("no /health route")
 
 

