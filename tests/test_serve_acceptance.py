@@ -74,6 +74,8 @@ def test_one_request_ranks_the_same_everywhere(serving_run, one_request, tmp_pat
             assert response.status_code == 200, response.text
             assert client.get("/health").json()["backend"] == backend
             results[f"http-{backend}"] = _ranked_by_http(response.json())
+            if backend == "onnx":
+                _golden_requests_rank_as_pytorch(client, serving_run)
     reference = results["predictor-torch"]
     assert len(reference["item_id"]) == len(body["candidates"]) > 5
     for name, result in results.items():
@@ -82,6 +84,22 @@ def test_one_request_ranks_the_same_everywhere(serving_run, one_request, tmp_pat
             assert result["index"].tolist() == reference["index"].tolist(), name
         for key in ("score", "click", "dwell", "convert"):
             np.testing.assert_allclose(result[key], reference[key], rtol=1e-6, atol=1e-6, err_msg=f"{name} {key}")
+
+
+def _golden_requests_rank_as_pytorch(client, run_dir) -> None:
+    """The ONNX parity test through HTTP: every request of the test split gets the same top-k from
+    the onnx server as from eager PyTorch (after the calibrators and the formula)."""
+    eager = Predictor.load(run_dir)
+    table = pq.read_table(eager.config.data.test)
+    for request_id in np.unique(table.column("request_id").to_numpy()):
+        rows = table.filter(pa.compute.equal(table.column("request_id"), request_id)).to_pylist()
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+        body = {"context": {"user_id": rows[0]["user_id"], "device": rows[0]["device"]},
+                "candidates": [{k: r[k] for k in FEATURES} for r in rows]}
+        got = client.post("/rank", json=body).json()
+        expected = eager.rank(body)
+        assert [c["index"] for c in got["candidates"]] == expected.indices.tolist(), request_id
+        np.testing.assert_allclose([c["score"] for c in got["candidates"]], expected.scores, rtol=1e-6, atol=1e-7)
 
 
 def test_sighup_reloads_the_run_directory_and_keeps_a_bad_one_out(serving_run, serving_run_b, one_request, tmp_path):

@@ -34,6 +34,9 @@ def serve(args: argparse.Namespace) -> None:
 
     for module in ("fastapi", "uvicorn", "prometheus_client"):
         import_extra(module, "multikpi serve")
+    if args.backend == "onnx":
+        for module in ("onnx", "onnxruntime", "onnxscript"):
+            import_extra(module, "multikpi serve --backend onnx")
     from multikpi.service.schema import Limits
     from multikpi.service.server import ServeSettings
     from multikpi.service.server import serve as run_server
@@ -50,6 +53,10 @@ def serve(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     from multikpi.errors import DataError
+    from multikpi.extras import import_extra
+
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        import_extra(module, "multikpi export")
     from multikpi.serve.export import ATOL, RTOL, export_run
 
     if args.rows < 0:
