@@ -123,7 +123,8 @@ def test_categorical_ids_of_incompatible_type_raise():
     config = make_config()
     encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
     other = pa.table({"user": ["u1", "u2"], "x": [1.0, 2.0], "click": [0, 1]})
-    with pytest.raises(DataError, match=r"categorical column 'user' must hold ids of type int64"):
+    with pytest.raises(DataError, match=r"categorical column 'user' holds string ids \(string\); the model was "
+                                        r"trained on integer ids \(int64\)"):
         encoder.encode(other)
 
 

@@ -109,7 +109,7 @@ CONFIG = config_from_dict({
         "click": {"kind": "binary", "label": "click"},
         "convert": {"kind": "binary", "label": "convert", "train_on": "click"},
         "dwell": {"kind": "regression", "label": "dwell", "transform": "log1p"},
-        "score": {"kind": "regression", "label": "score"},
+        "grade": {"kind": "regression", "label": "score"},  # a task may not be called score (a rank column)
     },
 })
 
@@ -144,7 +144,7 @@ def fitted(n: int = 200, seed: int = 0):
         "click": (2.0 * (labels["click"] - 0.5) + rng.normal(0, 1.5, n)).astype(np.float32),
         "convert": rng.normal(0, 1.0, n).astype(np.float32),
         "dwell": (0.5 * np.nan_to_num(data.labels[:, 2].numpy()) + rng.normal(0, 0.5, n)).astype(np.float32),
-        "score": (0.8 * data.labels[:, 3].numpy() + rng.normal(0, 0.4, n)).astype(np.float32),
+        "grade": (0.8 * data.labels[:, 3].numpy() + rng.normal(0, 0.4, n)).astype(np.float32),
     }
     return table, encoder, data, labels, outputs
 
@@ -206,11 +206,11 @@ def test_task_metrics_regression_in_original_and_transformed_units():
 
 def test_task_metrics_regression_without_transform_has_no_suffix():
     _, encoder, data, labels, outputs = fitted()
-    m = task_metrics(outputs, data, encoder)["score"]
+    m = task_metrics(outputs, data, encoder)["grade"]
     assert set(m) == {"rmse", "mae", "pearson", "count", "calibration", "relative_loss"}
-    stats = encoder.labels["score"]
+    stats = encoder.labels["grade"]
     y = labels["score"]
-    pred = outputs["score"].astype(np.float64) * stats.std + stats.mean
+    pred = outputs["grade"].astype(np.float64) * stats.std + stats.mean
     assert m["rmse"] == pytest.approx(math.sqrt(mean_squared_error(y, pred)), rel=1e-5)
     assert m["mae"] == pytest.approx(mean_absolute_error(y, pred), rel=1e-5)
     assert m["pearson"] == pytest.approx(pearsonr(y, pred)[0], rel=1e-5)
@@ -223,7 +223,7 @@ def test_task_metrics_skip_tasks_without_labels():
     labels[:, 1] = float("nan")
     unlabelled = EncodedData(data.categorical, data.dense, labels, data.tasks)
     metrics = task_metrics(outputs, unlabelled, encoder)
-    assert set(metrics) == {"click", "dwell", "score"}
+    assert set(metrics) == {"click", "dwell", "grade"}
     assert set(task_metrics(outputs, encoder.encode(labelled_table(), with_labels=False), encoder)) == set()
 
 
@@ -268,8 +268,8 @@ def test_estimates_are_probabilities_and_label_units():
     stats = encoder.labels["dwell"]
     np.testing.assert_allclose(out["dwell"], np.expm1(outputs["dwell"].astype(np.float64) * stats.std + stats.mean),
                                rtol=1e-12)
-    score = encoder.labels["score"]
-    np.testing.assert_allclose(out["score"], outputs["score"].astype(np.float64) * score.std + score.mean, rtol=1e-12)
+    score = encoder.labels["grade"]
+    np.testing.assert_allclose(out["grade"], outputs["grade"].astype(np.float64) * score.std + score.mean, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 class MultiKPIError(Exception):
-    """Base class of every error a user can cause and fix."""
+    """Base class of every error a user can cause and fix. The CLI exits with `exit_code`."""
+
+    exit_code = 2
 
 
 class ConfigError(MultiKPIError):
@@ -36,3 +38,15 @@ class TrainingError(MultiKPIError):
 
 class ReportError(MultiKPIError):
     """`multikpi report` was pointed at something it cannot report on, or asked to write a non-HTML file."""
+
+
+class Interrupted(MultiKPIError):
+    """A command stopped by SIGINT (exit 130) or SIGTERM (exit 143); the message says what was kept."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup runs as it does for Ctrl-C."""

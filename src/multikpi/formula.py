@@ -81,20 +81,20 @@ class Name:
     pos: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False, eq=False)
 class Unary:
     op: str
     operand: Node
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False, eq=False)
 class Binary:
     op: str
     left: Node
     right: Node
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False, eq=False)
 class Call:
     func: str
     args: tuple[Node, ...]
@@ -103,13 +103,16 @@ class Call:
 Node = Num | Name | Unary | Binary | Call
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False, eq=False)
 class Formula:
     """A parsed formula. `evaluate({"click": (N,) array, ...})` -> (N,) float64 scores."""
 
     text: str
     root: Node
     tokens: tuple[Token, ...]
+
+    def __repr__(self) -> str:
+        return f"Formula({self.text!r})"
 
     @property
     def names(self) -> frozenset[str]:
@@ -299,20 +302,48 @@ class _Parser:
                 f"{self.kind} are {', '.join(self.allowed) or '(none)'}")
 
 
-def _evaluate(node: Node, values: Mapping[str, np.ndarray | float]) -> np.ndarray | float:
+def _children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Unary):
+        return (node.operand,)
+    if isinstance(node, Binary):
+        return (node.left, node.right)
+    if isinstance(node, Call):
+        return node.args
+    return ()
+
+
+def _evaluate(root: Node, values: Mapping[str, np.ndarray | float]) -> np.ndarray | float:
+    """Evaluate the tree without recursion (post-order with an explicit stack): a flat chain such as
+    `1 + 1 + ... + click` is a tree as deep as it is long, which recursion could not walk."""
+    results: list[np.ndarray | float] = []
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        children = _children(node)
+        if children and not expanded:
+            stack.append((node, True))
+            stack.extend((child, False) for child in reversed(children))
+            continue
+        args = [results.pop() for _ in children][::-1]
+        results.append(_apply(node, args, values))
+    return results[0]
+
+
+def _apply(node: Node, args: list[np.ndarray | float], values: Mapping[str, np.ndarray | float]) -> np.ndarray | float:
+    """One node's value from its children's values."""
     if isinstance(node, Num):
         return node.value
     if isinstance(node, Name):
         return np.asarray(values[node.name], dtype=np.float64)
     if isinstance(node, Unary):
-        return -_evaluate(node.operand, values)
+        return -args[0]
     if isinstance(node, Call):
         func, _, _ = FUNCTIONS[node.func]
-        args = [_evaluate(a, values) for a in node.args]
         if node.func in ("min", "max"):
             return func(np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in args]))
         return func(np.asarray(args[0], dtype=np.float64))
-    left, right = _evaluate(node.left, values), _evaluate(node.right, values)
+    assert isinstance(node, Binary)
+    left, right = args
     if node.op == "+":
         return np.add(left, right)
     if node.op == "-":

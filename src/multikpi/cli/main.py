@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
 from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
 from multikpi.cli.report_commands import add_parser as add_report_parser
 from multikpi.cli.serve_commands import add_parsers as add_serve_parsers
-from multikpi.errors import MultiKPIError
+from multikpi.errors import MultiKPIError, Terminated
 
 DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
 Command = Callable[[argparse.Namespace], int | None]
@@ -21,12 +22,13 @@ Command = Callable[[argparse.Namespace], int | None]
 def _commands() -> dict[str, Command]:
     """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
     answer without loading torch."""
-    from multikpi.cli import commands, decide_commands, serve_commands
+    from multikpi.cli import commands, decide_commands, policy_commands, serve_commands
 
     return {"serve": serve_commands.serve, "export": serve_commands.export,
             "make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
-            "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
+            "rank": decide_commands.rank, "tune-decision": decide_commands.tune,
+            "evaluate-policy": policy_commands.evaluate_policy}
 
 
 def _command(name: str) -> Command:
@@ -51,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, default=2024)
     p.add_argument("--correlation", type=float, default=None,
                    help="mmoe-synthetic: cosine p between the two tasks' weight vectors, in [-1, 1]")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="feed: the logging policy's Plackett-Luce temperature (default 0.5; inf: a uniformly "
+                        "random order, a position-randomised slice)")
 
     p = sub.add_parser("validate", help="check a config and report every problem")
     p.add_argument("config")
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per arch: train.seed, train.seed + 1, ... (default 3)")
     p.add_argument("--out", default="runs/compare", help="directory of the runs and of compare.md/json")
 
-    add_decide_parsers(sub)  # rank, tune-decision
+    add_decide_parsers(sub)  # rank, tune-decision, evaluate-policy
     add_report_parser(sub)
     add_serve_parsers(sub)  # serve, export
     return parser
@@ -104,15 +109,52 @@ def _use_returning_allocator() -> None:
         pass
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`, accepting `key.path=value` overrides anywhere on the line (also after options:
+    `multikpi train CFG --out-dir X train.epochs=3`). Anything else unknown is an argparse error (exit 2)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _use_returning_allocator()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _command(args.command)(args) or 0
     except MultiKPIError as err:
         print(f"multikpi {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"multikpi {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as err:
+        name, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("SIGINT", 130)
+        print(f"multikpi {args.command}: interrupted ({name}); nothing more was written", file=sys.stderr)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line: what failed on which path, e.g. "cannot write '/x/y': No space left on device"."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.filename is None:
+        return reason
+    target = f"{str(err.filename)!r}" + (f" -> {str(err.filename2)!r}" if err.filename2 else "")
+    return f"{reason}: {target}"
 
 
 if __name__ == "__main__":

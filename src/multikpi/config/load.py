@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from multikpi.config.schema import RunConfig
 from multikpi.config.validate import validate_config
+from multikpi.config.yaml_loader import ConfigYAMLError, load_yaml, short
 from multikpi.errors import ConfigError
 
 
@@ -31,10 +32,14 @@ def load_raw_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if not path.is_file():
         raise ConfigError([f"file not found: {str(path)!r}"], source="config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        reason = str(err).replace("\n", " ")
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except ConfigYAMLError as err:
+        raise ConfigError([str(err)], source=str(path)) from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        reason = " ".join(str(err).split())[:300]
         raise ConfigError([f"is not valid YAML: {reason}"], source=str(path)) from None
+    except OSError as err:
+        raise ConfigError([f"cannot be read: {err.strerror or err}"], source=str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"must be a mapping of sections. Got {type(raw).__name__}"], source=str(path))
     return apply_overrides(raw, overrides)
@@ -75,10 +80,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                 break
         else:
             try:
-                node[parts[-1]] = yaml.safe_load(value) if value != "" else None
-            except yaml.YAMLError as err:
-                reason = " ".join(str(err).split())
-                problems.append(f"override {key!r}: the value is not valid YAML: {reason}. Got {value!r}")
+                node[parts[-1]] = load_yaml(value) if value != "" else None
+            except (yaml.YAMLError, ConfigYAMLError) as err:
+                reason = " ".join(str(err).split())[:200]
+                problems.append(f"override {key!r}: the value is not valid YAML: {reason}. Got {short(value)}")
     if problems:
         raise ConfigError(problems, source="overrides")
     return out
@@ -123,7 +128,7 @@ def _messages(errors: list[Any]) -> list[str]:
         allowed = ", ".join(e["ctx"]["expected"].replace("'", "").replace(" or ", ", ") for e in literals)
         path = ".".join(str(p) for p in group[0]["loc"])
         messages.append(f"`{path}`: {others[0]['msg'][0].lower() + others[0]['msg'][1:]}, or {allowed}. "
-                        f"Got {group[0].get('input')!r}.")
+                        f"Got {short(group[0].get('input'))}.")
     return messages
 
 
@@ -131,6 +136,8 @@ def _describe(error: Any) -> str:
     """One pydantic error -> a message that names the key, what is allowed and what was given."""
     loc = [str(p) for p in error["loc"]]
     path = ".".join(loc)
+    if len(path) > 100:  # a key is user text too
+        path = path[:88] + f"... ({len(path):,} chars)"
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":
@@ -142,9 +149,9 @@ def _describe(error: Any) -> str:
         return f"`{path}` is required"
     if kind == "literal_error":
         expected = error["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
-        return f"`{path}` must be one of {expected}. Got {given!r}."
+        return f"`{path}` must be one of {expected}. Got {short(given)}."
     message = error["msg"][0].lower() + error["msg"][1:]
-    return f"`{path}`: {message}. Got {given!r}."
+    return f"`{path}`: {message}. Got {short(given)}."
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -3,7 +3,7 @@ unknown keys are rejected. Cross-field rules (references between tasks, cycles, 
 must name every task) live in `validate.py` so that all problems are reported together."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
@@ -16,7 +16,8 @@ ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
 class Spec(BaseModel):
     """Base of every config section: frozen, and unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: no infinite or NaN number anywhere (a weight, an init, a learning rate)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSpec(Spec):
@@ -37,6 +38,9 @@ class DataSpec(Spec):
                                                 "keeps each group's rows on one side")
     weight: str | None = Field(None, description="column of non-negative sample weights for every task's loss "
                                                  "and the metrics")
+    position: str | None = Field(None, description="column of the logged position: trains a shallow position "
+                                                   "tower that multiplies the binary tasks' probabilities by the "
+                                                   "position's examination (PAL), dropped at prediction")
 
 
 class TaskSpec(Spec):
@@ -62,13 +66,13 @@ class EsmmSpec(Spec):
 
 class ModelSpec(Spec):
     arch: ArchName = "shared_bottom"  # type: ignore[valid-type]
-    embedding_dim: PositiveInt = 16
+    embedding_dim: int = Field(16, gt=0, le=1024)
     shared: list[PositiveInt] = Field(default_factory=lambda: [256, 128], min_length=1,
                                       description="shared MLP widths; for mmoe/ple the widths of every expert; "
                                                   "for single_task/esmm the widths of each task's own MLP")
     tower: list[PositiveInt] = Field(default_factory=lambda: [64])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    num_experts: PositiveInt = Field(4, description="mmoe: experts; ple: shared experts per level")
+    num_experts: int = Field(4, gt=0, le=256, description="mmoe: experts; ple: shared experts per level")
     num_specific_experts: PositiveInt = Field(1, description="ple: task-specific experts per task and level")
     num_levels: PositiveInt = Field(1, description="ple: extraction levels (1 = a single CGC layer)")
     gate_hidden: list[PositiveInt] = Field(default_factory=list,
@@ -99,11 +103,20 @@ class ScheduleSpec(Spec):
     gamma: float = Field(0.1, gt=0.0)
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's betas: each in [0, 1)
+MAX_BATCH = 1 << 24  # rows per step; any more is a typo (and cannot be indexed with int32 offsets)
+
+
+DenseOptimizer = Literal["adam", "adamw", "sgd", "adagrad"]
+# row by row, for the `embeddings` group only (optim/sparse.py)
+SparseOptimizer = Literal["lazy_adam", "rowwise_adagrad", "sparse_sgd"]
+
+
 class OptimizerSpec(Spec):
-    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    name: DenseOptimizer | SparseOptimizer = "adam"
     lr: float = Field(1e-3, ge=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     momentum: float = Field(0.0, ge=0.0)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
 
@@ -111,10 +124,10 @@ class OptimizerSpec(Spec):
 class GroupOptimizerSpec(Spec):
     """Per-subnet override: any field left out takes the value of `optim.default`."""
 
-    name: Literal["adam", "adamw", "sgd", "adagrad"] | None = None
+    name: DenseOptimizer | SparseOptimizer | None = None
     lr: float | None = Field(None, ge=0.0)
     weight_decay: float | None = Field(None, ge=0.0)
-    betas: tuple[float, float] | None = None
+    betas: tuple[Beta, Beta] | None = None
     momentum: float | None = Field(None, ge=0.0)
     schedule: ScheduleSpec | None = None
 
@@ -134,12 +147,12 @@ class TrainSpec(Spec):
     eval_every: PositiveInt | None = Field(None, description="steps between evaluations; null = every epoch")
     monitor: str = Field("auto", description="auto = mean over tasks of valid loss relative to the constant "
                                              "predictor; or valid.<task>.<metric>")
-    batch_size: PositiveInt | Literal["auto"] = Field(
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] | Literal["auto"] = Field(
         "auto", description="auto = scaled with the training rows within [256, 4096]")
-    seed: int = 0
-    threads: PositiveInt | None = None
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds NumPy, torch and the shuffles: 0 <= seed < 2^32")
+    threads: int | None = Field(None, gt=0, le=1024)
     log_every: PositiveInt = 50
-    eval_batch_size: PositiveInt = 4096
+    eval_batch_size: int = Field(4096, gt=0, le=MAX_BATCH)
     train_metrics_rows: PositiveInt = Field(
         200_000, description="train-split metrics are computed on at most this many evenly spaced rows")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -7,7 +7,7 @@ import re
 from multikpi.config.architectures import ARCHITECTURES, arch_model_keys
 from multikpi.config.architectures import subnet_names as arch_subnet_names
 from multikpi.config.schema import RunConfig, TaskSpec
-from multikpi.formula import FormulaError, parse_formula
+from multikpi.formula import FUNCTIONS, FormulaError, parse_formula
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Metrics `train.monitor: valid.<task>.<metric>` may name, by task kind, with their direction
@@ -117,7 +117,37 @@ def _check_tasks(config: RunConfig) -> list[str]:
     cycle = find_cycle(config)
     if cycle:
         problems.append(f"`inputs_from` edges must not form a cycle. Got {' -> '.join(cycle)}")
+    return problems + _check_train_on_cycle(config) + _check_task_names(config)
+
+
+# Names a task may not have: the formula's functions (a formula could not name the task) and the
+# columns that `rank` adds to its output next to the tasks' estimates.
+RESERVED_TASK_NAMES = (*FUNCTIONS, "score", "rank", "in_top_k", "baseline")
+
+
+def _check_task_names(config: RunConfig) -> list[str]:
+    problems = []
+    reserved = sorted(set(config.tasks) & set(RESERVED_TASK_NAMES))
+    if reserved:
+        problems.append(f"task names must not be one of {list(RESERVED_TASK_NAMES)} (formula functions and the "
+                        f"columns rank writes). Got {reserved}")
+    clash = sorted(set(config.tasks) & set(config.data.id_columns))
+    if clash:
+        problems.append(f"task names must differ from `data.id_columns`: predict writes both as columns. "
+                        f"Got {clash} in both")
     return problems
+
+
+def _check_train_on_cycle(config: RunConfig) -> list[str]:
+    """`train_on` chains must end: click <- convert <- refund, never back to a task on the chain."""
+    for start in config.tasks:
+        chain, name = [start], config.tasks[start].train_on
+        while name is not None and name in config.tasks and name not in chain:
+            chain.append(name)
+            name = config.tasks[name].train_on
+        if name is not None and name == start:
+            return [f"`train_on` must not form a cycle. Got {' -> '.join(chain + [start])}"]
+    return []
 
 
 def _check_task_loss(name: str, task: TaskSpec) -> list[str]:
@@ -154,6 +184,9 @@ def _check_columns(config: RunConfig) -> list[str]:
     for key, column in (("weight", data.weight), ("group", data.group)):
         if column is not None and column in labels | set(data.categorical) | set(data.dense):
             problems.append(f"`data.{key}` must be a column that is neither a feature nor a label. Got {column!r}")
+    if data.position is not None and data.position in set(data.categorical) | set(data.dense) | labels:
+        problems.append(f"`data.position` must not also be an input feature or a label: its tower is dropped at "
+                        f"prediction, so that estimates are position-free. Got {data.position!r}")
     return problems
 
 
@@ -211,7 +244,7 @@ def _check_esmm(config: RunConfig) -> list[str]:
 
 def subnet_names(config: RunConfig) -> list[str]:
     """The optimizer groups this config's model has: `embeddings`, shared subnets, heads, `loss`."""
-    return arch_subnet_names(config.model.arch, list(config.tasks))
+    return arch_subnet_names(config.model.arch, list(config.tasks)) + (["position"] if config.data.position else [])
 
 
 def _check_optim(config: RunConfig) -> list[str]:
@@ -220,6 +253,14 @@ def _check_optim(config: RunConfig) -> list[str]:
     problems = []
     if unknown:
         problems.append(f"`optim.groups` keys must be among {allowed}. Got {unknown}")
+    sparse = ("lazy_adam", "rowwise_adagrad", "sparse_sgd")
+    if config.optim.default.name in sparse:
+        problems.append(f"`optim.default.name` {config.optim.default.name} updates the embedding table row by row: "
+                        f"set it as `optim.groups.embeddings.name`, not as the default of every group")
+    wrong = sorted(g for g, spec in config.optim.groups.items() if spec.name in sparse and g != "embeddings")
+    if wrong:
+        problems.append(f"`optim.groups.<group>.name` lazy_adam / rowwise_adagrad / sparse_sgd are for the "
+                        f"`embeddings` group only. Got them for {wrong}")
     loss_group = config.optim.groups.get("loss")
     if loss_group is not None and loss_group.weight_decay not in (None, 0.0):
         problems.append(f"`optim.groups.loss.weight_decay` must be 0: the loss weights are not decayed. "

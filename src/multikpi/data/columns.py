@@ -54,8 +54,27 @@ def fit_encode_ids(column: pa.ChunkedArray, name: str,
     return distinct.take(pa.array(kept)), remap[codes], counts
 
 
+def _id_kind(type_: pa.DataType) -> str:
+    if pa.types.is_dictionary(type_):
+        return _id_kind(type_.value_type)
+    if pa.types.is_integer(type_):
+        return "integer"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    return "other"
+
+
 def encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
-    """Vocabulary index + 1, or 0 for unseen and null ids."""
+    """Vocabulary index + 1, or 0 for unseen and null ids.
+
+    Ids of another kind than in training (integers where the vocabulary holds strings, or the other
+    way round) are refused: cast to the vocabulary's type, they would rarely match ("0012" is not
+    "12", "user_12" is not 12), and every row would be out of vocabulary."""
+    kinds = (_id_kind(column.type), _id_kind(vocab.type))
+    if len(vocab) and column.null_count < len(column) and "other" not in kinds and kinds[0] != kinds[1]:
+        raise DataError(f"categorical column {name!r} holds {kinds[0]} ids ({column.type}); the model was trained "
+                        f"on {kinds[1]} ids ({vocab.type}): convert the column to {kinds[1]}s as in training")
+    column = check_id_type(column, name)
     if column.type != vocab.type:
         try:
             column = column.cast(vocab.type)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class ColumnSpec:
     """Input columns. `log1p` names dense columns to log1p before standardizing; ids seen fewer than
     `min_frequency` times in train map to out-of-vocabulary; `weight` is the sample-weight column;
-    `numeric_bins` > 0 also gives each dense column a binned categorical input (columns.py)."""
+    `numeric_bins` > 0 also gives each dense column a binned categorical input (columns.py);
+    `position`: the logged position, read with the labels only (training and evaluation), never at prediction."""
 
     categorical: tuple[str, ...] = ()
     dense: tuple[str, ...] = ()
@@ -17,6 +18,7 @@ class ColumnSpec:
     min_frequency: int = 1
     weight: str | None = None
     numeric_bins: int = 0
+    position: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
 def column_names(path: str | Path) -> list[str]:
     """The column names of a Parquet or CSV file, without reading its rows."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory; give a .parquet or .csv file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     return _column_names(path, file_format(path))
@@ -90,6 +92,8 @@ def _column_names(path: Path, fmt: str) -> list[str]:
 
 def _check_file(path: Path, fmt: str, columns: list[str] | None) -> None:
     """DataError for a missing or empty file, an unreadable header, or missing columns."""
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory; give a .parquet or .csv file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     if path.stat().st_size == 0:

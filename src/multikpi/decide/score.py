@@ -85,6 +85,9 @@ def load_candidates(predictor: Predictor, data: str | Path, group: str, calibrat
     available = column_names(data)
     if group not in available:
         raise DataError(f"data file {str(data)!r} has no group column {group!r}; it has {available}")
+    if group in predictor.tasks or group in ("score", "rank", "in_top_k"):
+        raise DataError(f"--group {group!r} is also an output column of rank (a task's estimate, score, rank or "
+                        f"in_top_k); rename the group column")
     ids = [c for c in (keep if keep is not None else predictor.serving.id_columns) if c in available]
     labels = [predictor.config.tasks[t].label for t in predictor.tasks] if with_labels else []
     table = read_table(data, list(dict.fromkeys(ids + [group] + predictor.feature_columns() + labels)))

@@ -10,6 +10,7 @@ import torch
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder, LabelStats
 from multikpi.data.labels import to_label_units, to_transformed
+from multikpi.errors import ArtifactError
 from multikpi.eval.accumulators import BinaryAccumulator, DevianceAccumulator, RegressionAccumulator
 from multikpi.models.esmm import parse_cvr_output_key
 from multikpi.models.multitask import MultiTaskModel
@@ -18,11 +19,14 @@ RowsDone = Callable[[int], None]  # progress callback: called with the rows of e
 
 
 def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
-                   precision: torch.dtype | None = None,
-                   on_rows: RowsDone | None = None) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+                   precision: torch.dtype | None = None, on_rows: RowsDone | None = None,
+                   at_logged_position: bool = False) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """(row slice, task -> raw outputs of those rows) in slices of `batch_size` rows: logits for
     binary tasks, standardized values for regression. Runs under inference_mode (and autocast to
-    `precision` when given) on the model's device."""
+    `precision` when given) on the model's device. Position-free (what prediction gives), unless
+    `at_logged_position` and the model has a position tower and `data` a position: then the binary
+    logits include the tower's offsets at the logged positions (what the labels saw)."""
+    logged = at_logged_position and data.position is not None and model.position_tower is not None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -30,19 +34,39 @@ def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
         with torch.inference_mode(), torch.autocast(device.type, dtype=precision, enabled=precision is not None):
             for start in range(0, data.num_rows, batch_size):
                 rows = slice(start, min(start + batch_size, data.num_rows))
-                outputs = model.forward_features(data.categorical[rows].to(device), data.dense[rows].to(device))
-                yield rows, {task: values.float().cpu().numpy() for task, values in outputs.items()}
+                categorical, dense = data.categorical[rows].to(device), data.dense[rows].to(device)
+                if logged:
+                    assert data.position is not None
+                    outputs = model.forward_logged(categorical, dense, data.position[rows].to(device))
+                else:
+                    outputs = model.forward_features(categorical, dense)
+                arrays = {task: values.float().cpu().numpy() for task, values in outputs.items()}
+                check_finite(arrays, rows)
+                yield rows, arrays
                 if on_rows is not None:
                     on_rows(rows.stop - rows.start)
     finally:
         model.train(was_training)
 
 
+def check_finite(outputs: dict[str, np.ndarray], rows: slice) -> None:
+    """A non-finite output is never passed on as an estimate: the run is corrupt (tampered weights
+    or encoders) or the inputs are far outside anything the model was trained on."""
+    for task, values in outputs.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = rows.start + int(np.flatnonzero(bad)[0])
+            raise ArtifactError(f"the model produced non-finite outputs for task {task!r} on {int(bad.sum())} row(s) "
+                                f"(first: row {first}): its weights or encoders may be corrupt, or the inputs far "
+                                f"outside the training data")
+
+
 def model_outputs(model: MultiTaskModel, data: EncodedData, batch_size: int,
-                  precision: torch.dtype | None = None, on_rows: RowsDone | None = None) -> dict[str, np.ndarray]:
+                  precision: torch.dtype | None = None, on_rows: RowsDone | None = None,
+                  at_logged_position: bool = False) -> dict[str, np.ndarray]:
     """task -> (N,) raw outputs of every row (see `output_batches`)."""
     chunks: dict[str, list[np.ndarray]] = {}
-    for _, outputs in output_batches(model, data, batch_size, precision, on_rows):
+    for _, outputs in output_batches(model, data, batch_size, precision, on_rows, at_logged_position):
         for task, values in outputs.items():
             chunks.setdefault(task, []).append(values)
     return {task: np.concatenate(parts) for task, parts in chunks.items()}

@@ -117,7 +117,7 @@ class RunReport:
 def load_run_report(run_dir: str | Path) -> RunReport:
     """Read a finished run directory (see the module docstring). ArtifactError naming what is wrong."""
     run_dir = Path(run_dir)
-    verify_run(run_dir)
+    verify_run(run_dir, required=("config.yaml", "metrics.json"))  # a report reads no weights
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = RunMetrics.load(run_dir / "metrics.json")
     encoders = _read_json(run_dir / "encoders" / "encoders.json")

@@ -24,7 +24,7 @@ from multikpi.data.tabular import column_names as _column_names
 from multikpi.data.tabular import open_columns
 from multikpi.errors import DataError
 from multikpi.eval.calibration import TaskCalibrator, apply_calibration, calibrators_from_json, resolve_method
-from multikpi.eval.evaluate import estimates
+from multikpi.eval.evaluate import check_finite, estimates
 from multikpi.models.multitask import MultiTaskModel
 from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.serve.backends import BACKENDS, ModelBackend
@@ -55,7 +55,8 @@ class Predictor:
         self.run_dir = run_dir
         self.device = resolve_device(device or serving.device) if backend == "torch" else torch.device("cpu")
         self.model = model.to(self.device).eval()
-        self.precision = resolve_precision(serving.precision, self.device) if backend == "torch" else None
+        self.precision = (resolve_precision(serving.precision, self.device, self.model, serving.batch_size, "infer")
+                          if backend == "torch" else None)  # onnxruntime runs the file in float32
         self.calibrators = calibrators  # binary task -> isotonic + Platt, fitted on valid (None: not fitted)
         self.calibration = resolve_method(serving.calibration, calibrators)  # none | isotonic | platt
         self.serving_encoder = ServingEncoder(encoder)
@@ -94,6 +95,10 @@ class Predictor:
         table = self._as_table(table, list(keep or []))
         if keep is None:
             keep = [c for c in self.serving.id_columns if c in table.column_names]
+        clash = sorted(set(keep) & set(self.tasks))
+        if clash:
+            raise DataError(f"column(s) {clash} would be written twice: as kept input columns and as the "
+                            f"estimates of the task(s) of the same name; drop them from the kept columns")
         missing = [c for c in list(keep) + self.feature_columns() if c not in table.column_names]
         if missing:
             raise DataError(f"input has no column(s) {missing}; the model needs {self.feature_columns()}")
@@ -126,10 +131,14 @@ class Predictor:
         """(N, F) int64 and (N, D) float32 encoded rows -> key -> (N,) float32 raw outputs (logits,
         standardized values), through the backend in slices of `serving.batch_size` rows."""
         size = self.serving.batch_size
-        if categorical.shape[0] <= size:
-            return self.backend.outputs(categorical, dense)
-        parts = [self.backend.outputs(categorical[i:i + size], dense[i:i + size])
-                 for i in range(0, categorical.shape[0], size)]
+        parts = []
+        for start in range(0, max(categorical.shape[0], 1), size):
+            rows = slice(start, min(start + size, categorical.shape[0]))
+            outputs = self.backend.outputs(categorical[rows], dense[rows])
+            check_finite(outputs, rows)  # a corrupt run never yields a NaN estimate (ArtifactError)
+            parts.append(outputs)
+        if len(parts) == 1:
+            return parts[0]
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     def rank(self, request: Mapping[str, Any]) -> RankedCandidates:

@@ -9,7 +9,11 @@ checkpoint intact; it is read back with `torch.load(weights_only=True)` (no arbi
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ class LoopState:
     epochs_log: list[dict[str, Any]] = field(default_factory=list)
     selection: dict[str, Any] | None = None  # training.selection.Selection.state_dict()
     done: bool = False  # the loop finished (or stopped early); what is left is the final phase
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)  # data_fingerprint() of the input files
 
 
 def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner: nn.Module,
@@ -57,34 +62,104 @@ def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner:
         "epochs_log": state.epochs_log,
         "selection": state.selection,
         "done": state.done,
+        "data_fingerprint": state.data_fingerprint,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
 
 
+# The payload's keys and the types their values must have (a checkpoint is data, checked as such).
+_PAYLOAD: dict[str, type | tuple[type, ...]] = {
+            "format": int, "model": dict, "combiner": dict, "optimizers": dict, "torch_rng": torch.Tensor,
+            "epoch": int, "batches_done": int, "step": int, "epoch_loss_sums": dict, "history": list,
+            "epochs_log": list, "selection": (dict, type(None)), "done": bool, "data_fingerprint": dict}
+
+
 def load_checkpoint(run_dir: Path, model: nn.Module, combiner: nn.Module, optimizers: OptimizerSet) -> LoopState:
     """Restore model, combiner, optimizers and the torch RNG from run_dir/checkpoint.pt; return
-    the loop position. Raises ArtifactError when there is no readable checkpoint."""
+    the loop position. Raises ArtifactError when there is no readable, valid checkpoint."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ArtifactError(f"cannot resume: {str(path)!r} does not exist (no checkpoint was written yet)")
     try:
         payload = torch.load(path, weights_only=True)
-        if payload.get("format") != FORMAT:
-            raise ArtifactError(f"checkpoint {str(path)!r} has format {payload.get('format')}; expected {FORMAT}")
+    except pickle.UnpicklingError:
+        raise ArtifactError(f"{str(path)!r} is not a valid multikpi checkpoint: it holds objects other than "
+                            f"tensors, numbers and strings, which are never loaded") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ArtifactError(f"checkpoint {str(path)!r} cannot be read: {_first_line(err)}") from None
+    _check_payload(payload, path)
+    try:
         model.load_state_dict(payload["model"])
         combiner.load_state_dict(payload["combiner"])
         optimizers.load_state_dict(payload["optimizers"])
-    except (RuntimeError, KeyError, ValueError, EOFError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ArtifactError(f"checkpoint {str(path)!r} cannot be loaded: {reason}") from None
-    torch.set_rng_state(payload["torch_rng"])
+        torch.set_rng_state(payload["torch_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise ArtifactError(f"checkpoint {str(path)!r} does not fit this model: {_first_line(err)}") from None
     return LoopState(
         epoch=payload["epoch"], batches_done=payload["batches_done"], step=payload["step"],
         epoch_loss_sums=payload["epoch_loss_sums"], history=payload["history"], epochs_log=payload["epochs_log"],
-        selection=payload["selection"], done=payload["done"],
+        selection=payload["selection"], done=payload["done"], data_fingerprint=payload["data_fingerprint"],
     )
+
+
+def _check_payload(payload: Any, path: Path) -> None:
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{str(path)!r} is not a valid multikpi checkpoint: not a mapping")
+    if payload.get("format") != FORMAT:
+        raise ArtifactError(f"checkpoint {str(path)!r} has format {payload.get('format')!r}; expected {FORMAT}")
+    bad = [key for key, kind in _PAYLOAD.items() if not isinstance(payload.get(key), kind)]
+    if bad or any(payload[k] < 0 for k in ("batches_done", "step")) or payload["epoch"] < 1:
+        raise ArtifactError(f"{str(path)!r} is not a valid multikpi checkpoint: missing or malformed "
+                            f"{bad or ['epoch/step counters']}")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def data_fingerprint(paths: dict[str, str | None]) -> dict[str, Any]:
+    """split -> {path, size, mtime_ns, sha256 of the first and last MiB} of each input file: what
+    `--resume` compares, so that a run never continues on data that changed under it."""
+    out: dict[str, Any] = {}
+    for split, name in paths.items():
+        if name is None or not Path(name).is_file():
+            continue
+        path = Path(name)
+        stat = path.stat()
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if stat.st_size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+        out[split] = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                      "sha256_ends": digest.hexdigest()}
+    return out
+
+
+FINGERPRINT = "data_fingerprint.json"  # written when a run starts, next to config.yaml
+
+
+def stored_fingerprint(run_dir: Path) -> dict[str, Any]:
+    """The fingerprint written when the run started ({} when there is none)."""
+    try:
+        payload = json.loads((run_dir / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def check_same_data(stored: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """ArtifactError when a data file differs from the one the interrupted run was trained on."""
+    for split in sorted(set(stored) | set(current)):
+        before, now = stored.get(split), current.get(split)
+        if before != now:
+            what = "is gone" if now is None else "was added" if before is None else "changed since the run started"
+            name = (now or before or {}).get("path")
+            raise ArtifactError(f"cannot resume {str(run_dir)!r}: the {split} file {name!r} {what} (size, modification "
+                                f"time or contents differ); resuming would continue on other data. Start a new run")
 
 
 def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:

@@ -49,6 +49,18 @@ def check_memory(model: nn.Module, batch_size: int, train_rows: int, input_width
             f"{available / 2**30:.1f} GiB is available. Use a batch size of at most {max(fits, 0):,}")
 
 
+def check_table_memory(vocab_rows: int, width: int) -> None:
+    """Raise TrainingError, before allocating it, when the embedding table (`vocab_rows` x `width`
+    float32 values, with its gradient and two Adam moments) cannot fit in the available memory."""
+    available = available_bytes()
+    needed = vocab_rows * width * 4 * 4
+    if available is not None and needed > 0.9 * available:
+        raise TrainingError(
+            f"the embedding table has {vocab_rows:,} rows x {width} values (`model.embedding_dim`) and needs about "
+            f"{needed / 2**30:.1f} GiB with its gradient and optimizer state; {available / 2**30:.1f} GiB is "
+            f"available. Lower model.embedding_dim, or raise data.min_frequency to shrink the vocabularies")
+
+
 @contextlib.contextmanager
 def out_of_memory_as_error(batch_size: int | str) -> Iterator[None]:
     """Re-raise an allocator failure inside the block as a one-line TrainingError."""

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from multikpi.artifacts.files import write_json
 from multikpi.artifacts.metrics import RunMetrics
 from multikpi.artifacts.run_dir import RunArtifacts, save_run, serving_settings, start_run_dir
 from multikpi.artifacts.workspace import RunWorkspace, open_workspace
+from multikpi.config.architectures import ARCHITECTURES
 from multikpi.config.schema import RunConfig
 from multikpi.config.validate import parse_monitor
 from multikpi.data.batches import evenly_spaced_rows
@@ -35,8 +37,18 @@ from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.optim.build import OptimizerSet, build_optimizers
 from multikpi.optim.param_groups import build_param_groups
 from multikpi.training.centering import fit_centering
-from multikpi.training.checkpoint import LoopState, check_resumable, load_checkpoint, remove_checkpoint, save_checkpoint
-from multikpi.training.memory import check_memory, out_of_memory_as_error
+from multikpi.training.checkpoint import (
+    FINGERPRINT,
+    LoopState,
+    check_resumable,
+    check_same_data,
+    data_fingerprint,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+    stored_fingerprint,
+)
+from multikpi.training.memory import check_memory, check_table_memory, out_of_memory_as_error
 from multikpi.training.module import MultiTaskTraining, build_training
 from multikpi.training.run import Run, mean_gate_usage, step_record
 from multikpi.training.scalars import TENSORBOARD_DIR, ScalarLog
@@ -67,25 +79,32 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool) -> Run:
     # The recipe, top to bottom: setup, the loop (`_loop`), the final phase. Everything else is a
     # plain function it calls.
     run_dir = workspace.path
+    fingerprint = data_fingerprint({"train": config.data.train, "valid": config.data.valid, "test": config.data.test})
+    if resume:  # before reading anything: new data would not even fit the checkpointed model
+        check_resumable(run_dir, config.model_dump(mode="json"))
+        check_same_data(stored_fingerprint(run_dir), fingerprint, run_dir)
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
-    precision = resolve_precision(config.train.precision, device)
     started = time.perf_counter()
     encoder, splits = load_splits(config)
     batch_size = _batch_size(config, splits["train"].num_rows)
     source: BatchSource = InMemorySource(splits["train"], batch_size, config.train.seed)
-    logger.info("data: %d train rows, %d vocabulary rows, %d dense inputs (%.1fs); %s, %s; batch size %d",
+    logger.info("data: %d train rows, %d vocabulary rows, %d dense inputs (%.1fs); %s; batch size %d",
                 source.num_rows, sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started,
-                device, "bf16 autocast" if precision is not None else "fp32", batch_size)
+                device, batch_size)
 
+    copies = len(config.tasks) if ARCHITECTURES[config.model.arch].embedding_copies_per_task else 1
+    check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
     training = build_training(config, encoder).to(device)
     model = training.model
-    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source))
+    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
+    precision = resolve_precision(config.train.precision, device, model, batch_size, "train")
+    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source),
+                                  model.embeddings)
     selection = Selection(parse_monitor(config), config.train.patience) if "valid" in splits else None
     workspace.start()  # the first write: a run that failed on its inputs left nothing behind
-    state = _start_or_resume(run_dir, config, resume, training, optimizers, selection)
+    state = _start_or_resume(run_dir, config, resume, training, optimizers, selection, fingerprint)
     scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard, fresh=not resume)  # no-op when off
-    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
 
     _loop(config, run_dir, state, training, optimizers, source, splits, encoder, precision, selection, scalars)
     scalars.close()
@@ -205,11 +224,13 @@ def _center(training: MultiTaskTraining, encoder: FeatureEncoder, scored: dict[s
 
 
 def _concat(parts: list[EncodedData]) -> EncodedData:
-    weights = None
-    if all(p.weights is not None for p in parts):
-        weights = torch.cat([p.weights for p in parts if p.weights is not None])
+    def joined(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        present = [t for t in tensors if t is not None]
+        return torch.cat(present) if len(present) == len(tensors) else None
+
     return EncodedData(torch.cat([p.categorical for p in parts]), torch.cat([p.dense for p in parts]),
-                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights)
+                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights=joined([p.weights for p in parts]),
+                       position=joined([p.position for p in parts]))
 
 
 def _summarize(metrics: RunMetrics, state: LoopState, training: MultiTaskTraining, source: BatchSource,
@@ -237,10 +258,10 @@ def _planned_steps(config: RunConfig, source: BatchSource) -> int:
 
 
 def _start_or_resume(run_dir: Path, config: RunConfig, resume: bool, training: MultiTaskTraining,
-                     optimizers: OptimizerSet, selection: Selection | None) -> LoopState:
-    """A fresh LoopState (writing config.yaml so the run can be resumed), or the checkpointed one."""
+                     optimizers: OptimizerSet, selection: Selection | None, fingerprint: dict[str, Any]) -> LoopState:
+    """A fresh LoopState (writing config.yaml and the data fingerprint so the run can be resumed), or
+    the checkpointed one."""
     if resume:
-        check_resumable(run_dir, config.model_dump(mode="json"))
         state = load_checkpoint(run_dir, training.model, training.combiner, optimizers)
         if selection is not None and state.selection is not None:
             selection.load_state_dict(state.selection)
@@ -248,7 +269,8 @@ def _start_or_resume(run_dir: Path, config: RunConfig, resume: bool, training: M
                     state.step)
         return state
     start_run_dir(run_dir, config)
-    return LoopState()
+    write_json(run_dir / FINGERPRINT, fingerprint)
+    return LoopState(data_fingerprint=fingerprint)
 
 
 def _evaluate(training: MultiTaskTraining, data: EncodedData, encoder: FeatureEncoder, config: RunConfig,
