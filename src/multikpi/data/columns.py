@@ -64,16 +64,20 @@ def _id_kind(type_: pa.DataType) -> str:
     return "other"
 
 
-def encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
-    """Vocabulary index + 1, or 0 for unseen and null ids.
-
-    Ids of another kind than in training (integers where the vocabulary holds strings, or the other
+def check_id_kind(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> None:
+    """Ids of another kind than in training (integers where the vocabulary holds strings, or the other
     way round) are refused: cast to the vocabulary's type, they would rarely match ("0012" is not
     "12", "user_12" is not 12), and every row would be out of vocabulary."""
     kinds = (_id_kind(column.type), _id_kind(vocab.type))
     if len(vocab) and column.null_count < len(column) and "other" not in kinds and kinds[0] != kinds[1]:
         raise DataError(f"categorical column {name!r} holds {kinds[0]} ids ({column.type}); the model was trained "
                         f"on {kinds[1]} ids ({vocab.type}): convert the column to {kinds[1]}s as in training")
+
+
+def encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
+    """Vocabulary index + 1, or 0 for unseen and null ids; ids of another kind are refused
+    (`check_id_kind`)."""
+    check_id_kind(column, vocab, name)
     column = check_id_type(column, name)
     if column.type != vocab.type:
         try:

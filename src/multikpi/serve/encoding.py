@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from multikpi.data.columns import (
     DenseEncoding,
+    check_id_kind,
     check_id_type,
     encode_ids,
     finite_values,
@@ -114,6 +115,7 @@ class ServingEncoder:
         vocab = self.encoder.vocabs[column]
         if pa.types.is_null(values.type):  # every value null (e.g. one JSON null): all out of vocabulary
             return np.zeros(len(values), dtype=np.int64)
+        check_id_kind(values, vocab, column)  # integers for string ids (or the reverse) are refused
         values = check_id_type(values, column)
         if values.type != vocab.type:
             try:

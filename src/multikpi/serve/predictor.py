@@ -21,7 +21,7 @@ from multikpi.config.schema import RunConfig
 from multikpi.data.diagnostics import oov_warnings
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.tabular import column_names as _column_names
-from multikpi.data.tabular import open_columns
+from multikpi.data.tabular import ParquetColumns, open_columns
 from multikpi.errors import DataError
 from multikpi.eval.calibration import TaskCalibrator, apply_calibration, calibrators_from_json, resolve_method
 from multikpi.eval.evaluate import check_finite, estimates
@@ -148,12 +148,12 @@ class Predictor:
         serving.score)}. Every feature is in the context or in every candidate, not in both."""
         return rank_request(self, request)
 
-    def _as_table(self, table: Any, keep: list[str]) -> pa.Table:
+    def _as_table(self, table: Any, keep: list[str]) -> pa.Table | ParquetColumns:
         if isinstance(table, (str, Path)):
             optional = [c for c in self.serving.id_columns if c not in keep]
             wanted = keep + self.feature_columns()
             return open_columns(table, wanted + [c for c in optional if c in _column_names(table)])
-        if isinstance(table, pa.Table):
+        if isinstance(table, (pa.Table, ParquetColumns)):
             return table
         if isinstance(table, dict):
             try:

@@ -85,6 +85,8 @@ def metadata(predictor: Predictor, limits: Limits) -> dict[str, Any]:
             "features": features, "id_columns": list(predictor.serving.id_columns),
             "score": predictor.serving.score, "top_k": predictor.serving.top_k,
             "calibration": predictor.calibration, "architecture": config.model.arch,
+            # a position tower (data.position) is dropped at serving: position-free estimates
+            "position_tower": encoder.position[0] if encoder.position is not None else None,
             "limits": {"max_candidates": limits.max_candidates, "max_body_bytes": limits.max_body_bytes},
             "metrics": _metrics_summary(predictor.run_dir)}
 
