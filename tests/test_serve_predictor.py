@@ -78,12 +78,19 @@ def test_context_is_broadcast_like_repeated_rows(predictor, test_table):
     assert np.array_equal(broadcast.dense, repeated.dense)
 
 
-def test_null_and_unseen_ids_are_out_of_vocabulary(predictor):
+def test_null_and_unseen_ids_are_out_of_vocabulary(predictor, test_table):
     codes = predictor.serving_encoder.codes("device", pa.chunked_array([pa.array(["no-such-device", None])]))
     assert codes.tolist() == [0, 0]
     assert predictor.serving_encoder.codes("item_id", pa.chunked_array([pa.array([None], pa.null())])).tolist() == [0]
-    with pytest.raises(DataError, match=r"categorical column 'item_id' must hold ids of type int64 as in training"):
+    with pytest.raises(DataError, match=r"categorical column 'item_id' holds string ids \(string\); the model was "
+                                        r"trained on integer ids \(int64\): convert the column to integers"):
         predictor.serving_encoder.codes("item_id", pa.chunked_array([pa.array(["x"])]))
+    with pytest.raises(DataError, match=r"categorical column 'item_id' holds string ids"):  # as FeatureEncoder says
+        one = test_table.slice(0, 1)
+        predictor.encoder.encode(one.set_column(one.column_names.index("item_id"), "item_id", pa.array(["x"])),
+                                 with_labels=False)
+    with pytest.raises(DataError, match=r"categorical column 'item_id' must hold integer or string ids. Got type double"):
+        predictor.serving_encoder.codes("item_id", pa.chunked_array([pa.array([1.5])]))
 
 
 def test_rank_is_predict_then_the_formula_then_a_stable_sort(predictor, test_table):

@@ -20,8 +20,8 @@ from multikpi.artifacts.serving import ServingSettings
 from multikpi.config.schema import RunConfig
 from multikpi.data.diagnostics import oov_warnings
 from multikpi.data.encoders import EncodedData, FeatureEncoder
-from multikpi.data.tabular import column_names as _column_names
 from multikpi.data.tabular import ParquetColumns, open_columns
+from multikpi.data.tabular import column_names as _column_names
 from multikpi.errors import DataError
 from multikpi.eval.calibration import TaskCalibrator, apply_calibration, calibrators_from_json, resolve_method
 from multikpi.eval.evaluate import check_finite, estimates
