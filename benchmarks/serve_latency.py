@@ -1,21 +1,22 @@
 """Latency and throughput of `POST /rank` on loopback, for the shared-bottom feed benchmark model:
 N = 10, 100, 1000 candidates per request, 1 and 2 client threads, the torch and onnx backends,
-and in the same run the naive path (a plain FastAPI endpoint: default body parsing into row
-dicts, a pyarrow Table, `FeatureEncoder.encode` + the eager model as `Predictor.predict` did before
-the server existed, the formula, a sort, FastAPI's default JSON response).
+and in the same run the naive path (benchmarks/naive_rank_server.py: a plain FastAPI endpoint,
+default body parsing into row dicts, a pyarrow Table, `FeatureEncoder.encode` + the eager model as
+`Predictor.predict` did before the server existed, the formula, a sort, FastAPI's default JSON).
 
     python benchmarks/serve_latency.py                       # train (if needed), export, measure, write the doc
     python benchmarks/serve_latency.py --run RUN_DIR         # an existing run of configs/feed_benchmark.yaml
     python benchmarks/serve_latency.py --from-results        # rebuild the table and plot from the results file
-    python benchmarks/serve_latency.py --naive-server RUN_DIR PORT   # (internal) the naive baseline
 
-Bounded: each configuration sends at most --requests requests per client thread and stops after
---seconds, after --warmup requests per thread that are not timed. Every server is a subprocess on
-127.0.0.1 that is stopped at the end. Requests are built from the test split: the user-side and
-page-view columns (gen_feed.py's roles) form the context, sent once; every other feature is a
-candidate's. Latency is measured by the client, from sending the request to reading the whole
-response, over a persistent HTTP/1.1 connection per thread. Writes benchmarks/results/
-serve_latency.json, the table block of docs/serving.md and docs/serving_latency.png.
+Before timing, each server's answer to one request of every size must have the same top-k (and
+scores within 1e-5) as `Predictor.rank` in this process; a request answered with another status than
+200 while timing stops the benchmark. Bounded: each configuration sends at most --requests requests
+per client thread and stops after --seconds, after --warmup requests per thread that are not timed.
+Every server is a subprocess on 127.0.0.1 that is stopped at the end. Requests are built from the
+test split: the user-side and page-view columns (gen_feed.py's roles) form the context, sent once;
+every other feature is a candidate's. Latency is measured by the client, from sending the request to
+reading the whole response, over a persistent HTTP/1.1 connection per thread. Writes
+benchmarks/results/serve_latency.json, the table block of docs/serving.md and docs/serving_latency.png.
 """
 from __future__ import annotations
 
@@ -98,44 +99,6 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def naive_server(run_dir: str, port: int) -> None:
-    """The baseline: what a team would write first around the 0.1 batch-prediction path."""
-    import pyarrow as pa
-    import torch
-    import uvicorn
-    from fastapi import FastAPI
-    from pydantic import BaseModel
-
-    from multikpi import Predictor
-    from multikpi.eval.calibration import apply_calibration
-    from multikpi.eval.evaluate import estimates, model_outputs
-    from multikpi.formula import parse_formula
-
-    torch.set_num_threads(1)
-    predictor = Predictor.load(run_dir)
-    formula = parse_formula(predictor.serving.score or "click", predictor.tasks)
-
-    class Body(BaseModel):
-        rows: list[dict[str, Any]]
-        top_k: int = TOP_K
-
-    app = FastAPI()
-
-    @app.post("/rank")
-    def rank(body: Body) -> dict[str, Any]:
-        table = pa.Table.from_pylist(body.rows)
-        encoded = predictor.encoder.encode(table, with_labels=False)
-        outputs = model_outputs(predictor.model, encoded, predictor.serving.batch_size, predictor.precision)
-        values = apply_calibration(estimates(outputs, predictor.encoder), predictor.calibrators,
-                                   predictor.calibration)
-        scores = formula.evaluate(values, rows=table.num_rows)
-        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:body.top_k]
-        return {"candidates": [{"index": int(i), "score": float(scores[i]),
-                                "estimates": {t: float(values[t][i]) for t in predictor.tasks}} for i in order]}
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
 class Server:
     """A server subprocess on a free loopback port (its own process group), stopped on exit."""
 
@@ -154,7 +117,7 @@ class Server:
                 raise RuntimeError(f"server exited: {self.log.read().decode()[-2000:]}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/health" if "--naive-server" not in self.process.args else "/docs")
+                connection.request("GET", "/health")
                 if connection.getresponse().status == 200:
                     return self
             except OSError:
@@ -226,10 +189,13 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                                   "--threads", "1", "--log-level", "warning"],
                 "multikpi-torch": [sys.executable, "-m", "multikpi.cli.main", "serve", str(run), "--backend", "torch",
                                    "--threads", "1", "--log-level", "warning"],
-                "naive": [sys.executable, __file__, "--naive-server", str(run), "PORT"]}
+                "naive": [sys.executable, str(REPO / "benchmarks" / "naive_rank_server.py"), str(run), "PORT",
+                          str(TOP_K)]}
+    expected = expected_top_k(run, bodies)
     rows, load_start = [], os.getloadavg()
     for system in SYSTEMS:
         with Server(commands[system]) as server:
+            check_answers(server.port, bodies, expected, system)
             for n in SIZES:
                 for threads in THREADS:
                     result = load(server.port, bodies[n][system == "naive"], threads, args.requests, args.seconds,
@@ -237,10 +203,41 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
                     result.update({"system": system, "candidates": n, "threads": threads,
                                    "cps": result["rps"] * n, "loadavg": os.getloadavg()[0]})
                     print(json.dumps(result), flush=True)
+                    if result["errors"]:
+                        sys.exit(f"{system}: {result['errors']} request(s) failed at N = {n}")
                     rows.append(result)
     return {"rows": rows, "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "cores": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "run": str(run),
             "requests_per_thread": args.requests, "seconds": args.seconds}
+
+
+def expected_top_k(run: Path, bodies: dict[int, tuple[list[bytes], list[bytes]]]
+                   ) -> dict[int, tuple[list[int], np.ndarray]]:
+    """N -> (top-k candidate indices, their scores) of the first /rank body, by Predictor.rank in-process."""
+    from multikpi import Predictor
+
+    predictor = Predictor.load(run)
+    ranked = {n: predictor.rank(json.loads(b[0][0])) for n, b in bodies.items()}
+    return {n: (r.indices.tolist(), np.asarray(r.scores)) for n, r in ranked.items()}
+
+
+def check_answers(port: int, bodies: dict[int, tuple[list[bytes], list[bytes]]],
+                  expected: dict[int, tuple[list[int], np.ndarray]], system: str) -> None:
+    """Exit unless the server answers the first body of every size with the expected top-k."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for n, (ranked, naive) in bodies.items():
+        connection.request("POST", "/rank", naive[0] if system == "naive" else ranked[0],
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            sys.exit(f"{system} answered {response.status} at N = {n}: {payload[:300]!r}")
+        candidates = json.loads(payload)["candidates"]
+        indices, scores = expected[n]
+        if [c["index"] for c in candidates] != indices or not np.allclose(
+                [c["score"] for c in candidates], scores, rtol=1e-5, atol=1e-7):
+            sys.exit(f"{system} ranks the N = {n} request differently from Predictor.rank")
+    connection.close()
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -313,11 +310,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="time cap per configuration")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--from-results", action="store_true")
-    parser.add_argument("--naive-server", nargs=2, metavar=("RUN_DIR", "PORT"))
     args = parser.parse_args()
-    if args.naive_server:
-        naive_server(args.naive_server[0], int(args.naive_server[1]))
-        return
     if args.from_results:
         results = json.loads(RESULTS.read_text())
     else:
