@@ -18,7 +18,8 @@ schemathesis = pytest.importorskip("schemathesis")
 
 pytestmark = pytest.mark.slow
 EXAMPLES = {"negative": 400, "positive": 200}  # per operation; the GETs take few (they have no inputs)
-SEEN: Counter[tuple[str, str]] = Counter()  # (mode, status class) -> responses
+SEEN: Counter[tuple[str, str]] = Counter()  # (malformed | valid, status class) -> responses
+ACCEPTED_MALFORMED: list[str] = []  # curl commands of negative-mode cases answered 2xx
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,13 @@ def test_no_generated_request_gets_a_server_error(server, mode):
         @given(case=operation.as_strategy(generation_mode=generation_mode))
         def call(case):
             response = case.call(timeout=60)
-            SEEN[mode, f"{response.status_code // 100}xx"] += 1
+            # schemathesis' negative mode may also drop an optional body: a bare POST /admin/reload
+            # is valid (it reloads the run being served) and is not counted as malformed
+            bare_reload = case.operation.path == "/admin/reload" and not response.request.body
+            kind = "malformed" if mode == "negative" and not bare_reload else "valid"
+            SEEN[kind, f"{response.status_code // 100}xx"] += 1
+            if kind == "malformed" and response.status_code < 300:
+                ACCEPTED_MALFORMED.append(f"{case.as_curl_command()} -> {response.text[:200]}")
             assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
 
         try:
@@ -58,11 +65,11 @@ def test_no_generated_request_gets_a_server_error(server, mode):
 
 
 def test_the_fuzzed_server_is_alive_and_answers_correctly(server, serving_run, feed_files):
-    malformed = sum(n for (mode, _), n in SEEN.items() if mode == "negative")
-    print(f"fuzz: {sum(SEEN.values())} generated requests, {malformed} of them malformed; by mode and status "
+    malformed = sum(n for (kind, _), n in SEEN.items() if kind == "malformed")
+    print(f"fuzz: {sum(SEEN.values())} generated requests, {malformed} of them malformed; by kind and status "
           f"class {dict(SEEN)}")
     assert malformed >= 1000, SEEN
-    assert SEEN["negative", "2xx"] == 0  # a request that violates the schema is never accepted
+    assert not ACCEPTED_MALFORMED, ACCEPTED_MALFORMED[:5]  # a request violating the schema is refused
     assert not any(status == "5xx" for _, status in SEEN), SEEN
     table = pq.read_table(feed_files["test"])
     rows = table.filter(pa.compute.equal(table.column("request_id"), 7)).to_pylist()
