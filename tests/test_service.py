@@ -267,6 +267,15 @@ def test_serve_options_and_backends_are_checked_with_one_line_errors(serving_run
         Predictor.load(serving_run, backend="tensorrt")
 
 
+def test_serve_binds_loopback_by_default():
+    from multikpi.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "runs/x"])
+    assert (args.host, args.port, args.workers, args.backend) == ("127.0.0.1", 8000, 1, "torch")
+    args = build_parser().parse_args(["serve", "runs/x", "--host", "0.0.0.0", "--port", "9000", "--workers", "2"])
+    assert (args.host, args.port, args.workers) == ("0.0.0.0", 9000, 2)
+
+
 def test_serving_errors_are_in_the_catalogue():
     from conftest import REPO
 
