@@ -160,7 +160,8 @@ def markdown(table: list[dict], peak_gflops: float, info: dict) -> str:
             f"| {t['flop_bound_pct']:.0f}% | {t['peak_rss_mb']:,.0f} | {t['load_encode_s']} "
             f"| {statistics.median(t['predict_rows_per_s']):,.0f} | {ratio('predict_ratio_deepctr')} "
             f"| {t['auc_click']:.4f} | {t['auc_convert']:.4f} | {t['corr_dwell']} | {t.get('precision', 'fp32')} |")
-    lines.append(f"\nfp32 matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s (2 threads). {machine_line(info)}")
+    lines.append(f"\nfp32 matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s (2 threads). "
+                 f"{machine_line(info)}")
     return "\n".join(lines)
 
 
