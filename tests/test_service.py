@@ -267,6 +267,15 @@ def test_serve_options_and_backends_are_checked_with_one_line_errors(serving_run
         Predictor.load(serving_run, backend="tensorrt")
 
 
+def test_a_reload_body_must_be_json_or_absent(client):
+    """Found by the fuzzer: whitespace (or a form feed) is not an empty body: 422, no reload."""
+    version = client.get("/health").json()["version"]
+    for body in (b" \t\r\n", b"\x0c"):
+        response = client.post("/admin/reload", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and "json" in response.json()["detail"].lower(), response.text
+    assert client.get("/health").json()["version"] == version
+
+
 def test_serve_binds_loopback_by_default():
     from multikpi.cli.main import build_parser
 

@@ -92,8 +92,8 @@ def create_app(state: ServiceState, admin_token: str | None = None, follow: bool
         if admin_token is not None and not _authorized(request.headers.get("authorization", ""), admin_token):
             return JSONResponse({"detail": "unauthorized: send Authorization: Bearer <MULTIKPI_ADMIN_TOKEN>"}, 401)
         body = await read_body(request, limit)
-        # an empty body (JSON whitespace only) reloads the run being served; anything else must be JSON
-        run_dir = RELOAD.validate_json(body).run_dir if body.strip(b" \t\r\n") else None
+        # no body reloads the run being served; any body (whitespace too) must be a JSON ReloadRequest
+        run_dir = RELOAD.validate_json(body).run_dir if body else None
         try:
             old, new = await run_in_threadpool(state.reload, run_dir)
         except MultiKPIError as err:
