@@ -73,3 +73,29 @@ def report_run(feed_files, tmp_path_factory) -> Path:
     assert main(["tune-decision", str(run_dir), str(feed_files["valid"]), "--group", "request_id",
                  "--objective", "convert@5", "--constraint", "click@5 >= 0.9*baseline", "--trials", "6"]) == 0
     return run_dir
+
+
+SERVING_SCORE = "click * (1 + 0.01 * dwell)"
+
+
+def _serving_run(feed_files, root: Path, seed: int, score: str) -> Path:
+    from multikpi import train
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["data"].update({k: str(v) for k, v in feed_files.items()})
+    config["data"].update({"id_columns": ["request_id", "item_id"], "group": "request_id"})
+    config["decide"] = {"score": score, "top_k": 5}
+    config["train"].update({"precision": "fp32", "seed": seed})
+    return train(config, out_dir=root / "run").run_dir
+
+
+@pytest.fixture(scope="session")
+def serving_run(feed_files, tmp_path_factory) -> Path:
+    """A finished fp32 run with id columns, a group (request_id), decide.score and top_k 5."""
+    return _serving_run(feed_files, tmp_path_factory.mktemp("serving"), 0, SERVING_SCORE)
+
+
+@pytest.fixture(scope="session")
+def serving_run_b(feed_files, tmp_path_factory) -> Path:
+    """Another run of the same schema (seed 1, score `click`): what a reload swaps in."""
+    return _serving_run(feed_files, tmp_path_factory.mktemp("serving_b"), 1, "click")

@@ -50,3 +50,13 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     with pytest.raises(MultiKPIError, match=r"^tune-decision needs the 'optuna' package, which is not installed: "
                                             r"pip install 'multikpi\[tune\]'$"):
         import_extra("optuna", "tune-decision")
+
+
+def test_the_http_service_loads_no_training_tuner_or_onnx():
+    loaded = _modules_after("import multikpi.service.server")
+    assert "multikpi.service.app" in loaded and "fastapi" in loaded
+    by_torch = _modules_after("import torch")
+    for forbidden in ("multikpi.training", "tqdm", "optuna", "matplotlib", "multikpi.api", "sklearn", "onnx",
+                      "onnxruntime", "onnxscript"):
+        ours = {m for m in loaded - by_torch if m == forbidden or m.startswith(forbidden + ".")}
+        assert not ours, ours

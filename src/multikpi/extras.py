@@ -13,6 +13,7 @@ EXTRAS = {
     "jinja2": "report",
     "fastapi": "serve",
     "uvicorn": "serve",
+    "prometheus_client": "serve",
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
 from multikpi.cli.report_commands import add_parser as add_report_parser
+from multikpi.cli.serve_commands import add_parsers as add_serve_parsers
 from multikpi.errors import MultiKPIError, Terminated
 
 DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
@@ -21,9 +22,10 @@ Command = Callable[[argparse.Namespace], int | None]
 def _commands() -> dict[str, Command]:
     """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
     answer without loading torch."""
-    from multikpi.cli import commands, decide_commands, policy_commands
+    from multikpi.cli import commands, decide_commands, policy_commands, serve_commands
 
-    return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
+    return {"serve": serve_commands.serve, "export": serve_commands.export,
+            "make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
             "rank": decide_commands.rank, "tune-decision": decide_commands.tune,
             "evaluate-policy": policy_commands.evaluate_policy}
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_decide_parsers(sub)  # rank, tune-decision, evaluate-policy
     add_report_parser(sub)
+    add_serve_parsers(sub)  # serve, export
     return parser
 
 

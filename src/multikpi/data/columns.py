@@ -64,16 +64,20 @@ def _id_kind(type_: pa.DataType) -> str:
     return "other"
 
 
-def encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
-    """Vocabulary index + 1, or 0 for unseen and null ids.
-
-    Ids of another kind than in training (integers where the vocabulary holds strings, or the other
+def check_id_kind(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> None:
+    """Ids of another kind than in training (integers where the vocabulary holds strings, or the other
     way round) are refused: cast to the vocabulary's type, they would rarely match ("0012" is not
     "12", "user_12" is not 12), and every row would be out of vocabulary."""
     kinds = (_id_kind(column.type), _id_kind(vocab.type))
     if len(vocab) and column.null_count < len(column) and "other" not in kinds and kinds[0] != kinds[1]:
         raise DataError(f"categorical column {name!r} holds {kinds[0]} ids ({column.type}); the model was trained "
                         f"on {kinds[1]} ids ({vocab.type}): convert the column to {kinds[1]}s as in training")
+
+
+def encode_ids(column: pa.ChunkedArray, vocab: pa.Array, name: str) -> np.ndarray:
+    """Vocabulary index + 1, or 0 for unseen and null ids; ids of another kind are refused
+    (`check_id_kind`)."""
+    check_id_kind(column, vocab, name)
     column = check_id_type(column, name)
     if column.type != vocab.type:
         try:
@@ -91,7 +95,11 @@ def _dense_values(column: pa.ChunkedArray, name: str, log1p: bool) -> np.ndarray
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
             or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
         raise DataError(f"dense column {name!r} must be numeric. Got type {column.type}")
-    values = column.cast(pa.float64()).to_numpy()
+    return finite_values(column.cast(pa.float64()).to_numpy(), name, log1p)
+
+
+def finite_values(values: np.ndarray, name: str, log1p: bool) -> np.ndarray:
+    """float64 `values` (NaN for null) checked finite, log1p'd if asked; a writeable array."""
     if np.isinf(values).any():
         count = int(np.isinf(values).sum())
         raise DataError(f"dense column {name!r} must be finite or null. Got {count} infinite value(s)")
@@ -127,7 +135,11 @@ def fit_encode_dense(column: pa.ChunkedArray, name: str, log1p: bool,
 
 def standardize(column: pa.ChunkedArray, name: str, stats: dict[str, Any]) -> DenseEncoding:
     """(standardized values with NaN -> 0, missing mask, bin codes or None) with fitted statistics."""
-    values = _dense_values(column, name, stats["log1p"])
+    return standardize_values(_dense_values(column, name, stats["log1p"]), stats)
+
+
+def standardize_values(values: np.ndarray, stats: dict[str, Any]) -> DenseEncoding:
+    """`standardize` of float64 values already checked and log1p'd (`finite_values`); modifies them."""
     missing = np.isnan(values)
     codes = bin_codes(values, np.asarray(stats["bin_edges"])) if "bin_edges" in stats else None
     return _scale(values, missing, stats), missing, codes

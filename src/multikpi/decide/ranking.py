@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from multikpi.serve.ranking import clean_scores  # one definition of NaN-last, shared with the server
+
 
 @dataclass(frozen=True)
 class Ranking:
@@ -49,12 +51,6 @@ class Ranking:
     @property
     def num_groups(self) -> int:
         return int(self.sizes.size)
-
-
-def clean_scores(scores: np.ndarray) -> np.ndarray:
-    """(N,) float64 with NaN replaced by -inf, so that NaN sorts last."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.where(np.isnan(scores), -np.inf, scores)
 
 
 def group_codes(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

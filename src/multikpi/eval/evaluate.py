@@ -41,7 +41,7 @@ def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
                 else:
                     outputs = model.forward_features(categorical, dense)
                 arrays = {task: values.float().cpu().numpy() for task, values in outputs.items()}
-                _check_finite(arrays, rows)
+                check_finite(arrays, rows)
                 yield rows, arrays
                 if on_rows is not None:
                     on_rows(rows.stop - rows.start)
@@ -49,7 +49,7 @@ def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
         model.train(was_training)
 
 
-def _check_finite(outputs: dict[str, np.ndarray], rows: slice) -> None:
+def check_finite(outputs: dict[str, np.ndarray], rows: slice) -> None:
     """A non-finite output is never passed on as an estimate: the run is corrupt (tampered weights
     or encoders) or the inputs are far outside anything the model was trained on."""
     for task, values in outputs.items():

@@ -1,0 +1,180 @@
+"""Encoding at serving time: the fitted `FeatureEncoder`'s statistics applied to in-memory columns,
+with lookup structures built once per loaded run, so that a request costs a few array operations.
+
+`FeatureEncoder.encode` looks ids up with `pyarrow.compute.index_in`, which hashes the whole
+vocabulary on every call: fine for a file of a million rows, most of the cost for a request of a
+hundred candidates (the benchmark's item column has ~100k ids). Here integer vocabularies (sorted,
+as fitted) are searched with `np.searchsorted` and string vocabularies through a dict built once;
+dense columns go through the very same `standardize`. The codes equal `FeatureEncoder.encode`'s
+(tests/test_serve_encoding.py checks it on whole splits).
+
+Context columns (one value for the whole request: the user and the page view) are encoded once
+and broadcast to every candidate row.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from multikpi.data.columns import (
+    DenseEncoding,
+    check_id_kind,
+    check_id_type,
+    encode_ids,
+    finite_values,
+    standardize,
+    standardize_values,
+)
+from multikpi.data.encoders import FeatureEncoder
+from multikpi.errors import DataError
+
+LARGE = 50_000  # rows of a string column above which the vocabulary is hashed per call instead
+
+
+@dataclass(frozen=True)
+class EncodedRequest:
+    """categorical: (N, F + B) int64 vocabulary indices (0 = out of vocabulary), the categorical
+    columns then the binned dense columns; dense: (N, D) float32 standardized values then missing
+    indicators; oov: categorical column -> values sent that are out of vocabulary (a context value
+    counts once)."""
+
+    categorical: np.ndarray
+    dense: np.ndarray
+    oov: dict[str, int]
+
+
+class ServingEncoder:
+    """`encode(columns, rows, context)` -> EncodedRequest. Thread-safe: the lookups are read-only
+    once built (a string column's dict is built on first use, under a lock)."""
+
+    def __init__(self, encoder: FeatureEncoder):
+        self.encoder = encoder
+        self.categorical = encoder.categorical
+        self.dense = encoder.dense
+        self.features = self.categorical + self.dense
+        self._sorted = {c: v.to_numpy(zero_copy_only=False) for c, v in encoder.vocabs.items()
+                        if pa.types.is_integer(v.type)}
+        self._dicts: dict[str, dict[Any, int]] = {}
+        self._lock = threading.Lock()
+        self._indicator_at = {c: len(self.dense) + k for k, c in enumerate(encoder.missing_indicators)}
+        self._bins_at = {c: len(self.categorical) + k for k, c in enumerate(encoder.binned)}
+        self.num_categorical = len(self.categorical) + len(self._bins_at)
+        self.num_dense = encoder.num_dense_inputs
+
+    def encode(self, columns: Mapping[str, Any], rows: int,
+               context: Mapping[str, Any] | None = None) -> EncodedRequest:
+        """columns: feature -> `rows` values (list, NumPy or Arrow array); context: feature -> one
+        value for every row. Every feature must be in exactly one of them."""
+        context = context or {}
+        categorical = np.empty((rows, self.num_categorical), dtype=np.int64)
+        dense = np.empty((rows, self.num_dense), dtype=np.float32)
+        oov: dict[str, int] = {}
+        for i, column in enumerate(self.categorical):
+            raw = self._raw(column, columns, context, rows)
+            codes = self._fast_codes(column, raw)
+            if codes is None:
+                codes = self.codes(column, as_arrow(raw, column))
+            oov[column] = int(np.count_nonzero(codes == 0))
+            categorical[:, i] = codes
+        for i, column in enumerate(self.dense):
+            values, missing, bins = self._standardize(column, self._raw(column, columns, context, rows))
+            dense[:, i] = values
+            if column in self._indicator_at:
+                dense[:, self._indicator_at[column]] = missing
+            if bins is not None:
+                categorical[:, self._bins_at[column]] = bins
+        return EncodedRequest(categorical, dense, oov)
+
+    def _fast_codes(self, column: str, raw: Any) -> np.ndarray | None:
+        """Codes of a plain list of Python ints in an int64 vocabulary, without Arrow (what a JSON
+        request holds); None when the values are anything else (nulls, other types: `codes`)."""
+        if column not in self._sorted or not isinstance(raw, list) or self._sorted[column].dtype != np.int64:
+            return None
+        values = np.array(raw)
+        if values.dtype != np.int64:
+            return None
+        return self._search(self._sorted[column], values)
+
+    def _standardize(self, column: str, raw: Any) -> DenseEncoding:
+        """The dense column's standardized values, missing mask and bin codes (`standardize`); a
+        list of Python numbers and None is converted by NumPy directly."""
+        stats = self.encoder.dense_stats[column]
+        if isinstance(raw, list):
+            values = np.array(raw)
+            if values.ndim == 1 and values.dtype.kind in "fiub":  # numbers only (None or text: Arrow below)
+                return standardize_values(finite_values(values.astype(np.float64), column, stats["log1p"]), stats)
+        return standardize(as_arrow(raw, column), column, stats)
+
+    def codes(self, column: str, values: pa.ChunkedArray) -> np.ndarray:
+        """(n,) int64 vocabulary index + 1 of each value, 0 for unseen and null ids."""
+        vocab = self.encoder.vocabs[column]
+        if pa.types.is_null(values.type):  # every value null (e.g. one JSON null): all out of vocabulary
+            return np.zeros(len(values), dtype=np.int64)
+        check_id_kind(values, vocab, column)  # integers for string ids (or the reverse) are refused
+        values = check_id_type(values, column)
+        if values.type != vocab.type:
+            try:
+                values = values.cast(vocab.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise DataError(f"categorical column {column!r} must hold ids of type {vocab.type} as in "
+                                f"training. Got {values.type}") from None
+        array = values.combine_chunks()
+        if column in self._sorted:
+            if not array.null_count:
+                return self._search(self._sorted[column], array.to_numpy())
+            return self._search(self._sorted[column], array.fill_null(0).to_numpy(zero_copy_only=False),
+                                array.is_null().to_numpy(zero_copy_only=False))
+        if len(array) > LARGE:  # a whole file: one vectorised hash lookup beats a Python loop
+            return encode_ids(values, vocab, column).astype(np.int64)
+        lookup = self._lookup(column)
+        return np.fromiter((lookup.get(v, 0) for v in array.to_pylist()), dtype=np.int64, count=len(array))
+
+    @staticmethod
+    def _search(vocab: np.ndarray, values: np.ndarray, nulls: np.ndarray | None = None) -> np.ndarray:
+        """Index + 1 of each value in the sorted `vocab`, 0 where absent or null."""
+        if vocab.size == 0:
+            return np.zeros(len(values), dtype=np.int64)
+        at = np.minimum(np.searchsorted(vocab, values), vocab.size - 1)
+        found = vocab[at] == values
+        if nulls is not None:
+            found &= ~nulls
+        return np.where(found, at + 1, 0).astype(np.int64)
+
+    def _lookup(self, column: str) -> dict[Any, int]:
+        lookup = self._dicts.get(column)
+        if lookup is None:
+            with self._lock:
+                lookup = self._dicts.get(column)
+                if lookup is None:
+                    values = self.encoder.vocabs[column].to_pylist()
+                    lookup = {v: i + 1 for i, v in enumerate(values)}
+                    self._dicts[column] = lookup
+        return lookup
+
+    def _raw(self, column: str, columns: Mapping[str, Any], context: Mapping[str, Any], rows: int) -> Any:
+        """The column's `rows` values as given, or its one context value as a list of one (broadcast
+        later by NumPy assignment, so never copied per row)."""
+        if column in context:
+            return [context[column]]
+        if column not in columns:
+            raise DataError(f"input has no feature {column!r}; the model needs {self.features}")
+        values = columns[column]
+        if len(values) != rows:
+            raise DataError(f"feature {column!r} has {len(values)} values; expected one per row ({rows})")
+        return values
+
+
+def as_arrow(values: Any, column: str) -> pa.ChunkedArray:
+    if isinstance(values, pa.ChunkedArray):
+        return values
+    if isinstance(values, pa.Array):
+        return pa.chunked_array([values])
+    try:
+        return pa.chunked_array([pa.array(values)])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
+        raise DataError(f"feature {column!r}: values of mixed or unsupported types: {err}") from None
