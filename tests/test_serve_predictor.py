@@ -152,3 +152,28 @@ def test_concurrent_callers_get_the_sequential_answers(predictor, test_table):
         concurrent = list(pool.map(lambda r: predictor.rank({"context": r[0], "candidates": r[1]}).indices.tolist(),
                                    requests * 4))
     assert concurrent == sequential * 4
+
+
+def test_predict_on_a_pandas_dataframe_equals_predict_on_the_table(tiny_config, feed_files):
+    from multikpi import train
+
+    predictor = Predictor.load(train(tiny_config).run_dir)
+    table = pq.read_table(feed_files["test"])
+    frame = table.to_pandas()
+    frame.index = frame.index + 1000  # a non-default index is not a column
+    assert predictor.predict(frame).equals(predictor.predict(table))
+
+
+def test_a_dataframe_without_pandas_installed_names_the_extra(monkeypatch):
+    import sys
+
+    from multikpi.extras import MissingExtraError
+    from multikpi.serve.predictor import _dataframe_table
+
+    class DataFrame:  # what an object from a pandas-like library looks like to predict()
+        columns = ["a"]
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
+    with pytest.raises(MissingExtraError, match=r"predict\(\) on a DataFrame needs the 'pandas' package, which is "
+                                                r"not installed: pip install 'multikpi\[pandas\]'"):
+        _dataframe_table(DataFrame())

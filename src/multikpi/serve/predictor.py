@@ -23,6 +23,7 @@ from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.tabular import ParquetColumns, open_columns
 from multikpi.data.tabular import column_names as _column_names
 from multikpi.errors import DataError
+from multikpi.extras import import_extra
 from multikpi.eval.calibration import TaskCalibrator, apply_calibration, calibrators_from_json, resolve_method
 from multikpi.eval.evaluate import check_finite, estimates
 from multikpi.models.multitask import MultiTaskModel
@@ -160,11 +161,25 @@ class Predictor:
                 return pa.table(table)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
                 raise DataError(f"predict() takes a dict of equally long columns: {err}") from None
-        if hasattr(table, "to_dict") and hasattr(table, "columns"):  # a pandas DataFrame
-            return pa.Table.from_pandas(table, preserve_index=False)
+        if type(table).__name__ == "DataFrame":
+            return _dataframe_table(table)
         raise DataError(f"predict() takes a pyarrow Table, a DataFrame, a dict or a path. Got {type(table).__name__}")
 
     def predict_encoded(self, categorical: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         """Already encoded inputs (B, F) int64 and (B, D) float32 -> task -> (B,) raw outputs."""
         outputs = self.backend.outputs(categorical.cpu().numpy().astype(np.int64), dense.cpu().numpy())
         return {key: torch.from_numpy(values) for key, values in outputs.items()}
+
+
+def _dataframe_table(frame: Any) -> pa.Table:
+    """A pandas DataFrame (its index dropped) or a polars one, as a pyarrow Table."""
+    if hasattr(frame, "to_arrow"):  # polars: Arrow-native already
+        return frame.to_arrow()
+    pandas = import_extra("pandas", "predict() on a DataFrame")
+    if not isinstance(frame, pandas.DataFrame):
+        raise DataError(f"predict() takes a pyarrow Table, a DataFrame, a dict or a path. Got {type(frame).__module__}."
+                        f"{type(frame).__name__}")
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise DataError(f"predict(): the DataFrame has a column Arrow cannot convert: {err}") from None
