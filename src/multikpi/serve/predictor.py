@@ -23,9 +23,9 @@ from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.tabular import ParquetColumns, open_columns
 from multikpi.data.tabular import column_names as _column_names
 from multikpi.errors import DataError
-from multikpi.extras import import_extra
 from multikpi.eval.calibration import TaskCalibrator, apply_calibration, calibrators_from_json, resolve_method
 from multikpi.eval.evaluate import check_finite, estimates
+from multikpi.extras import import_extra
 from multikpi.models.multitask import MultiTaskModel
 from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.serve.backends import BACKENDS, ModelBackend
