@@ -249,8 +249,9 @@ class FeatureEncoder:
             sink = pa.BufferOutputStream()
             pq.write_table(pa.table({"value": vocab}), sink)
             out[f"vocab_{i:03d}.parquet"] = sink.getvalue().to_pybytes()
-        meta: dict[str, Any] = {"categorical": self.categorical, "dense": self.dense_stats, "column_stats": self.column_stats,
-                "weight": self.weight, "labels": {name: asdict(stats) for name, stats in self.labels.items()}}
+        meta: dict[str, Any] = {"categorical": self.categorical, "dense": self.dense_stats,
+                                "column_stats": self.column_stats, "weight": self.weight,
+                                "labels": {name: asdict(stats) for name, stats in self.labels.items()}}
         if self.hash_buckets:
             meta["hash_buckets"] = self.hash_buckets
         out["encoders.json"] = json.dumps(meta, indent=1).encode()

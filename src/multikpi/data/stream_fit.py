@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from multikpi.data.columns import check_id_type, dense_values, top_frequent
 from multikpi.data.datasets import Chunk, ParquetDataset
 from multikpi.data.encoders import FeatureEncoder, LabelStats
-from multikpi.data.hashing import bucket_codes, collision_rate, expected_collision_rate, hash_rows
+from multikpi.data.hashing import bucket_codes, collision_rate, expected_collision_rate, hash_rows, unit_interval
 from multikpi.data.labels import label_values, read_weights, transform
 from multikpi.data.sketches import DistinctSample, FrequencySketch, Moments, ValueSample, merged, value_counts
 from multikpi.data.specs import ColumnSpec, LabelSpec
@@ -43,6 +43,7 @@ QUANTILE_SAMPLE = 1 << 17  # values per dense column kept for quantile bin edges
 CAPACITY_PER_VOCAB = 4     # Misra–Gries counters per vocabulary entry allowed by data.max_vocab
 FIT_BATCH_ROWS = 1 << 16
 _ROW_KEY_SALT = 0x5A3F_1E00
+_HELD_SAMPLE_SALT = 0x5A3F_1E01
 
 
 @dataclass
@@ -58,6 +59,12 @@ class FitState:
     train_rows: dict[int, int] = field(default_factory=dict)
     held_rows: dict[int, int] = field(default_factory=dict)
     weight_total: float = 0.0
+    samples_taken: dict[str, list[pa.Table]] = field(default_factory=dict)  # "train" / "held" -> raw rows
+
+    def without_samples(self) -> FitState:
+        """A copy without the raw sample rows (what every process needs of another's state)."""
+        return FitState(self.frequency, self.distinct, self.samples, self.dense, self.labels, self.train_rows,
+                        self.held_rows, self.weight_total)
 
     def merge(self, other: FitState) -> None:
         for column, sketch in other.frequency.items():
@@ -80,9 +87,19 @@ def new_state(columns: ColumnSpec) -> FitState:
                     if columns.numeric_bins > 0 else {})
 
 
+@dataclass(frozen=True)
+class SamplePlan:
+    """Rows to keep raw while fitting: `train_rows`, sorted global row numbers (those on the training
+    side are kept), and each held-out row with probability `held_rate` (by a hash of its row number)."""
+
+    train_rows: np.ndarray
+    held_rate: float = 0.0
+
+
 def fit_chunks(dataset: ParquetDataset, chunks: list[int], columns: ColumnSpec, labels: Mapping[str, LabelSpec],
-               holdout: HashHoldout | None) -> FitState:
-    """Fold the row groups `chunks` (indices into dataset.chunks) into a fresh FitState."""
+               holdout: HashHoldout | None, samples: SamplePlan | None = None) -> FitState:
+    """Fold the row groups `chunks` (indices into dataset.chunks) into a fresh FitState; with
+    `samples`, also keep those rows (the sampled columns only) in `samples_taken`."""
     state = new_state(columns)
     needed = _fit_columns(columns, labels, holdout)
     for index in chunks:
@@ -91,8 +108,21 @@ def fit_chunks(dataset: ParquetDataset, chunks: list[int], columns: ColumnSpec, 
         for table in dataset.read_chunk(chunk, needed, FIT_BATCH_ROWS):
             rows = np.arange(chunk.start + offset, chunk.start + offset + table.num_rows, dtype=np.int64)
             offset += table.num_rows
-            _fold_batch(state, index, table, rows, columns, labels, holdout)
+            held = holdout.held_out(table, rows) if holdout is not None else np.zeros(table.num_rows, dtype=bool)
+            if samples is not None:
+                _keep_samples(state, table, rows, held, samples)
+            _fold_batch(state, index, table, rows, held, columns, labels)
     return state
+
+
+def _keep_samples(state: FitState, table: pa.Table, rows: np.ndarray, held: np.ndarray, plan: SamplePlan) -> None:
+    chosen = np.isin(rows, plan.train_rows, assume_unique=True) & ~held
+    if chosen.any():
+        state.samples_taken.setdefault("train", []).append(table.filter(pa.array(chosen)))
+    if plan.held_rate > 0 and held.any():
+        picked = held & (unit_interval(hash_rows(rows, _HELD_SAMPLE_SALT)) < plan.held_rate)
+        if picked.any():
+            state.samples_taken.setdefault("held", []).append(table.filter(pa.array(picked)))
 
 
 def _fit_columns(columns: ColumnSpec, labels: Mapping[str, LabelSpec], holdout: HashHoldout | None) -> list[str]:
@@ -102,11 +132,11 @@ def _fit_columns(columns: ColumnSpec, labels: Mapping[str, LabelSpec], holdout: 
     return list(dict.fromkeys([*columns.categorical, *columns.dense, *label_columns, *extra, *group]))
 
 
-def _fold_batch(state: FitState, index: int, table: pa.Table, rows: np.ndarray, columns: ColumnSpec,
-                labels: Mapping[str, LabelSpec], holdout: HashHoldout | None) -> None:
-    """Fold one record batch of row group `index` (global row numbers `rows`) into `state`."""
-    if holdout is not None:
-        held = holdout.held_out(table, rows)
+def _fold_batch(state: FitState, index: int, table: pa.Table, rows: np.ndarray, held: np.ndarray,
+                columns: ColumnSpec, labels: Mapping[str, LabelSpec]) -> None:
+    """Fold the training rows of one record batch of row group `index` (global row numbers `rows`,
+    `held` the held-out ones) into `state`."""
+    if held.any():
         state.held_rows[index] = state.held_rows.get(index, 0) + int(held.sum())
         keep = np.flatnonzero(~held)
         table, rows = table.take(pa.array(keep)), rows[keep]
