@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from multikpi.data.tabular import PARQUET_SUFFIXES, open_columns
 from multikpi.errors import DataError
@@ -233,3 +235,31 @@ def _castable(have: pa.DataType, want: pa.DataType) -> bool:
 
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+ROW_GROUP_ROWS = 1 << 17  # rows per row group of a written part: the unit a streamed epoch reads
+
+
+def write_parts(parts: Iterator[pa.Table], out_dir: str | Path, row_group_rows: int = ROW_GROUP_ROWS) -> list[Path]:
+    """Write each table of `parts` (made one at a time, so memory holds one part) as
+    `part-00000.parquet`, `part-00001.parquet`, ... of a new directory `out_dir`. The parts go to a
+    hidden sibling directory that is renamed into place once complete: a failed or killed write
+    leaves no partial dataset under `out_dir`. Returns the files written."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out {str(out)!r} exists and is not an empty directory; choose a new directory")
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=False)
+    names = []
+    try:
+        for index, table in enumerate(parts):
+            name = f"part-{index:05d}.parquet"
+            pq.write_table(table, staging / name, row_group_size=row_group_rows, compression="snappy")
+            names.append(name)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return [out / n for n in names]

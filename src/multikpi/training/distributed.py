@@ -8,7 +8,9 @@ already created. What each part of a run does on several processes:
   so a step's global batch is the same rows for any number of processes that divides `data.shards`;
 - the model: DistributedDataParallel wraps the training module (model, losses, combiner: learned
   loss weights included). `find_unused_parameters=True`, because a task without a label anywhere
-  in a global batch leaves its tower out of that step on every rank (as on one process);
+  in a global batch leaves its tower out of that step on every rank (as on one process); its
+  once-per-process warning "did not find any unused parameters" is a false positive here. Buffers
+  (combiner state) are not re-broadcast each step: every rank updates them from the same values;
 - losses: each task's loss is the mean over its labelled rows of the *global* batch, not a mean of
   per-rank means: the per-task weight sums are all-reduced first (`GlobalTaskLosses`), so uneven
   last batches, empty batches and batches where a rank has no label for a task are all exact;
@@ -200,7 +202,7 @@ def data_parallel(training: MultiTaskTraining, context: DistContext) -> Training
         training.combiner.average_gradient = all_reduce_mean
     device = next(training.parameters()).device
     ddp = DistributedDataParallel(training, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=True, broadcast_buffers=False)
+                                  find_unused_parameters=True, forward_sync_buffers=False)
     return DataParallelTraining(ddp)
 
 
