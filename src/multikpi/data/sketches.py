@@ -67,9 +67,9 @@ class FrequencySketch:
             self._add(values, counts)
 
     def merge(self, other: FrequencySketch) -> None:
+        other._fold()  # first: folding may subtract, and that is part of other's error
         self.rows += other.rows
         self.error += other.error
-        other._fold()
         if other.values is not None:
             self._add(other.values, other.counts)
 
