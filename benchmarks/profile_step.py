@@ -21,7 +21,7 @@ from multikpi.training.setup import load_splits, seed_everything
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="configs/feed_benchmark.yaml")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()

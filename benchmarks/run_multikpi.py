@@ -20,7 +20,6 @@ from multikpi.cli.main import _use_returning_allocator
 from multikpi.config import load_config
 from multikpi.data import FeatureEncoder, read_table
 from multikpi.eval import model_outputs
-from multikpi.models.precision import resolve_precision
 from multikpi.training import train
 from multikpi.training.setup import encoder_specs, needed_columns
 
@@ -44,7 +43,7 @@ def time_predict(run, test_path: str, batch: int) -> tuple[float, float]:
     """(model-only rows/s on encoded test rows at `batch`, end-to-end rows/s from the Parquet file)."""
     predictor = predictor_of(run)
     encoded = predictor.encoder.encode(read_table(test_path, needed_columns(run.config)), with_labels=False)
-    precision = resolve_precision(run.config.train.precision, torch.device("cpu"))
+    precision = predictor.precision  # decided by the inference probe, as predict and serving do
     model_outputs(predictor.model, encoded, batch, precision)  # warm-up
     started = time.perf_counter()
     model_outputs(predictor.model, encoded, batch, precision)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ from multikpi.data.tabular import write_table
 from multikpi.synthetic.feed import make_feed
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _precision_cache(tmp_path_factory):
+    """The precision probe's cache goes to a temporary directory, not the user's ~/.cache."""
+    os.environ["MULTIKPI_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 TINY_CONFIG = {
     "data": {

@@ -18,7 +18,7 @@ from multikpi.data.hashing import bucket_codes, collision_rate, expected_collisi
 from multikpi.data.sketches import DistinctSample, FrequencySketch, Moments, ValueSample, merged
 from multikpi.data.specs import ColumnSpec, LabelSpec
 from multikpi.data.split import HashHoldout
-from multikpi.data.stream_fit import fit_chunks, finish, split_chunks
+from multikpi.data.stream_fit import finish, fit_chunks, split_chunks
 from multikpi.errors import DataError
 from multikpi.synthetic.feed import make_feed
 

@@ -124,13 +124,17 @@ def test_binary_offset_solves_the_mean_equation():
 def test_trained_estimates_are_right_on_average(tiny_config):
     run = train(_auto(tiny_config, epochs=2, batch_size=512))
     splits = run.metrics.splits
-    for split in ("train", "valid"):
-        assert 0.95 <= splits[split]["click"]["calibration"] <= 1.05, split
-    # convert has ~20 positives here: each split's own rate is noisy, but the offset solves the
-    # pooled equation (train + valid) exactly.
-    predicted = sum(splits[s]["convert"]["mean_pred"] * splits[s]["convert"]["count"] for s in ("train", "valid"))
-    observed = sum(splits[s]["convert"]["pos_rate"] * splits[s]["convert"]["count"] for s in ("train", "valid"))
-    assert predicted / observed == pytest.approx(1.0, abs=2e-3)
+    for task in ("click", "convert"):
+        # The offset solves the pooled equation (train sample + valid) exactly ...
+        predicted = sum(splits[s][task]["mean_pred"] * splits[s][task]["count"] for s in ("train", "valid"))
+        observed = sum(splits[s][task]["pos_rate"] * splits[s][task]["count"] for s in ("train", "valid"))
+        assert predicted / observed == pytest.approx(1.0, abs=2e-3)
+        # ... and each split is right on average up to the sampling noise of its label rate
+        # (within [0.95, 1.05] once a split has a few thousand positives).
+        for split in ("train", "valid"):
+            m = splits[split][task]
+            noise = 3 * np.sqrt((1 - m["pos_rate"]) / (m["count"] * m["pos_rate"]))
+            assert abs(m["calibration"] - 1) <= max(0.05, noise), (split, task, m["calibration"], noise)
     # smearing: the log1p task's mean prediction in seconds is near the mean label on valid
     assert 0.9 <= run.metrics.splits["valid"]["dwell"]["calibration"] <= 1.1
     assert run.encoder.labels["dwell"].smearing > 1.0  # E[exp(residual)] > 1 (Jensen)

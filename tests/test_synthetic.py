@@ -37,6 +37,11 @@ EXPECTED_SCHEMA = {
     "click": pa.int8(),
     "dwell": pa.float32(),
     "convert": pa.int8(),
+    # the logging policy's columns (issue 18), after every earlier column
+    "logged_score": pa.float32(),
+    "propensity": pa.float64(),
+    "examination": pa.float64(),
+    "exam_propensity": pa.float64(),
 }
 
 

@@ -22,13 +22,16 @@ from multikpi.data.tabular import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format, w
 from multikpi.errors import ConfigError, DataError, Interrupted, Terminated
 from multikpi.report.compare import render_markdown
 from multikpi.report.tables import render_table
-from multikpi.synthetic.feed import make_feed
+from multikpi.synthetic.feed import LOGGING_TEMPERATURE, make_feed
 from multikpi.synthetic.mmoe import make_mmoe_synthetic
 
-# (rows, seed, world_seed, correlation) -> table; `correlation` (--correlation) is None unless given.
-DATASETS: dict[str, Callable[[int, int, int, float | None], pa.Table]] = {
-    "feed": lambda rows, seed, world_seed, correlation: make_feed(rows, seed=seed, world_seed=world_seed),
-    "mmoe-synthetic": lambda rows, seed, world_seed, correlation: make_mmoe_synthetic(
+# (rows, seed, world_seed, correlation, temperature) -> table; `correlation` (--correlation) and
+# `temperature` (--temperature) are None unless given.
+DATASETS: dict[str, Callable[[int, int, int, float | None, float | None], pa.Table]] = {
+    "feed": lambda rows, seed, world_seed, correlation, temperature: make_feed(
+        rows, seed=seed, world_seed=world_seed,
+        temperature=temperature if temperature is not None else LOGGING_TEMPERATURE),
+    "mmoe-synthetic": lambda rows, seed, world_seed, correlation, temperature: make_mmoe_synthetic(
         rows, correlation if correlation is not None else 0.0, seed=seed, world_seed=world_seed),
 }
 CORRELATED_DATASETS = ("mmoe-synthetic",)
@@ -45,11 +48,12 @@ def make_data(args: argparse.Namespace) -> None:
     if args.seed < 0 or args.world_seed < 0:
         raise DataError(f"--seed and --world-seed must be >= 0. Got {args.seed} and {args.world_seed}")
     _check_correlation(args.kind, args.correlation)
+    _check_temperature(args.kind, args.temperature)
     if _is_directory_output(args.out) or args.part_rows is not None:
         return _make_parts(args)
     file_format(args.out)
     check_output_path(args.out, "--out")
-    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed, args.correlation)
+    table = DATASETS[args.kind](args.rows, args.seed, args.world_seed, args.correlation, args.temperature)
     write_table(table, args.out)
     print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {args.out}")
 
@@ -77,7 +81,7 @@ def _make_parts(args: argparse.Namespace) -> None:
         offset = 0
         for index, rows in enumerate(counts):
             seed = int(np.random.SeedSequence([args.seed, index, _PART_TAG]).generate_state(1)[0])
-            table = DATASETS[args.kind](rows, seed, args.world_seed, args.correlation)
+            table = DATASETS[args.kind](rows, seed, args.world_seed, args.correlation, args.temperature)
             if group is not None:
                 ids = pc.add(table.column(group), offset)
                 offset = int(pc.max(ids).as_py()) + 1
@@ -98,6 +102,15 @@ def _check_correlation(kind: str, correlation: float | None) -> None:
                         f"vectors, in [-1, 1]")
     if not -1.0 <= correlation <= 1.0:  # also rejects nan
         raise DataError(f"--correlation must be in [-1, 1]. Got {correlation}")
+
+
+def _check_temperature(kind: str, temperature: float | None) -> None:
+    if temperature is None:
+        return
+    if kind != "feed":
+        raise DataError(f"--temperature is only used by feed. Got kind {kind!r}")
+    if not temperature > 0:  # also rejects nan
+        raise DataError(f"--temperature must be > 0 (inf: a uniformly random order). Got {temperature}")
 
 
 def validate(args: argparse.Namespace) -> None:

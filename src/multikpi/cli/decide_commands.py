@@ -14,6 +14,7 @@ from multikpi.artifacts.files import write_atomic, write_json
 from multikpi.artifacts.outputs import check_output_path
 from multikpi.config.load import config_from_dict
 from multikpi.data.tabular import file_format, write_table
+from multikpi.decide.policy_eval import LogColumns, PolicyMetrics, click_task, estimator_inputs
 from multikpi.decide.ranking import ranking_metrics
 from multikpi.decide.score import decide_spec, evaluate_scores, load_candidates, ranked_table, score_formula
 from multikpi.decide.tune import TuneResult, default_template, parse_constraint, parse_template, tune_decision
@@ -66,6 +67,8 @@ def _format_ranking_metrics(metrics: dict[str, Any], tasks: list[str]) -> str:
 def tune(args: argparse.Namespace) -> None:
     if args.trials < 1:
         raise DataError(f"--trials must be a positive integer. Got {args.trials}")
+    if args.resamples < 10:
+        raise DataError(f"--resamples must be at least 10. Got {args.resamples}")
     predictor = Predictor.load(args.run_dir)
     kinds = {t: s.kind for t, s in predictor.config.tasks.items()}
     tasks = list(kinds)
@@ -74,9 +77,19 @@ def tune(args: argparse.Namespace) -> None:
     baseline_text = args.baseline or predictor.config.decide.score or next(
         (t for t in tasks if kinds[t] == "binary"), tasks[0])
     baseline = parse_formula(baseline_text, tasks, what="--baseline", source="tune-decision", kind="tasks")
+    columns = LogColumns(args.position, args.examination, args.propensity)
+    keep = None if args.estimator == "naive" else \
+        list(predictor.serving.id_columns) + [columns.position, columns.examination, columns.exam_propensity]
     candidates = load_candidates(predictor, args.data, args.group, predictor.config.decide.calibration,
-                                 with_labels=True)
-    result = tune_decision(candidates, kinds, template, args.objective, constraints, baseline, args.trials, args.seed)
+                                 with_labels=True, keep=keep)
+    policy = None
+    if args.estimator != "naive":
+        rows, rewards = estimator_inputs(predictor, candidates, click_task(kinds, args.click, "tune-decision"),
+                                         columns, str(args.data))
+        policy = PolicyMetrics(logs=rows, rewards_hat=rewards, estimator=args.estimator, resamples=args.resamples,
+                               seed=args.seed)
+    result = tune_decision(candidates, kinds, template, args.objective, constraints, baseline, args.trials, args.seed,
+                           policy)
 
     run_config = predictor.config.model_dump(mode="json")
     config_bytes = decide_config(run_config, result)
@@ -110,7 +123,7 @@ def _format_choice(result: TuneResult) -> str:
     change = f" ({100 * (chosen[objective] / base[objective] - 1):+.1f}%)" if base[objective] else ""
     lines = [f"chosen (trial {result.chosen.number} of {len(result.trials)}): {result.chosen_formula}",
              f"  {objective}: {chosen[objective]:.4f} vs baseline {base[objective]:.4f}{change} "
-             f"[baseline score {result.baseline_formula!r}]"]
+             f"[baseline score {result.baseline_formula!r}; estimator {result.estimator}]"]
     for c in result.constraints:
         met = "met" if c.violation(chosen, base) <= 0 else "NOT met"
         lines.append(f"  {c.text}: {chosen[c.metric]:.4f} {c.op} {c.threshold(base):.4f} ({met})")

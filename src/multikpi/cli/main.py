@@ -21,11 +21,12 @@ Command = Callable[[argparse.Namespace], int | None]
 def _commands() -> dict[str, Command]:
     """Subcommand -> function, imported on first use: `multikpi --help` and argument errors must
     answer without loading torch."""
-    from multikpi.cli import commands, decide_commands
+    from multikpi.cli import commands, decide_commands, policy_commands
 
     return {"make-data": commands.make_data, "validate": commands.validate, "train": commands.train,
             "evaluate": commands.evaluate, "predict": commands.predict, "compare": commands.compare,
-            "rank": decide_commands.rank, "tune-decision": decide_commands.tune}
+            "rank": decide_commands.rank, "tune-decision": decide_commands.tune,
+            "evaluate-policy": policy_commands.evaluate_policy}
 
 
 def _command(name: str) -> Command:
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, default=2024)
     p.add_argument("--correlation", type=float, default=None,
                    help="mmoe-synthetic: cosine p between the two tasks' weight vectors, in [-1, 1]")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="feed: the logging policy's Plackett-Luce temperature (default 0.5; inf: a uniformly "
+                        "random order, a position-randomised slice)")
 
     p = sub.add_parser("validate", help="check a config and report every problem")
     p.add_argument("config")
@@ -87,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per arch: train.seed, train.seed + 1, ... (default 3)")
     p.add_argument("--out", default="runs/compare", help="directory of the runs and of compare.md/json")
 
-    add_decide_parsers(sub)  # rank, tune-decision
+    add_decide_parsers(sub)  # rank, tune-decision, evaluate-policy
     add_report_parser(sub)
     return parser
 

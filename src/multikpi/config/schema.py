@@ -38,6 +38,9 @@ class DataSpec(Spec):
                                                 "keeps each group's rows on one side")
     weight: str | None = Field(None, description="column of non-negative sample weights for every task's loss "
                                                  "and the metrics")
+    position: str | None = Field(None, description="column of the logged position: trains a shallow position "
+                                                   "tower that multiplies the binary tasks' probabilities by the "
+                                                   "position's examination (PAL), dropped at prediction")
     # Scale (docs/scale.md): datasets of any size, streamed, on several processes.
     streaming: Literal["auto", "on", "off"] = Field(
         "auto", description="on = stream train from its Parquet files in bounded memory; auto = stream when the "
@@ -124,8 +127,13 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's betas: each in [0, 1)
 MAX_BATCH = 1 << 24  # rows per step; any more is a typo (and cannot be indexed with int32 offsets)
 
 
+DenseOptimizer = Literal["adam", "adamw", "sgd", "adagrad"]
+# row by row, for the `embeddings` group only (optim/sparse.py)
+SparseOptimizer = Literal["lazy_adam", "rowwise_adagrad", "sparse_sgd"]
+
+
 class OptimizerSpec(Spec):
-    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    name: DenseOptimizer | SparseOptimizer = "adam"
     lr: float = Field(1e-3, ge=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[Beta, Beta] = (0.9, 0.999)
@@ -136,7 +144,7 @@ class OptimizerSpec(Spec):
 class GroupOptimizerSpec(Spec):
     """Per-subnet override: any field left out takes the value of `optim.default`."""
 
-    name: Literal["adam", "adamw", "sgd", "adagrad"] | None = None
+    name: DenseOptimizer | SparseOptimizer | None = None
     lr: float | None = Field(None, ge=0.0)
     weight_decay: float | None = Field(None, ge=0.0)
     betas: tuple[Beta, Beta] | None = None

@@ -184,6 +184,9 @@ def _check_columns(config: RunConfig) -> list[str]:
     for key, column in (("weight", data.weight), ("group", data.group)):
         if column is not None and column in labels | set(data.categorical) | set(data.dense):
             problems.append(f"`data.{key}` must be a column that is neither a feature nor a label. Got {column!r}")
+    if data.position is not None and data.position in set(data.categorical) | set(data.dense) | labels:
+        problems.append(f"`data.position` must not also be an input feature or a label: its tower is dropped at "
+                        f"prediction, so that estimates are position-free. Got {data.position!r}")
     return problems
 
 
@@ -241,7 +244,7 @@ def _check_esmm(config: RunConfig) -> list[str]:
 
 def subnet_names(config: RunConfig) -> list[str]:
     """The optimizer groups this config's model has: `embeddings`, shared subnets, heads, `loss`."""
-    return arch_subnet_names(config.model.arch, list(config.tasks))
+    return arch_subnet_names(config.model.arch, list(config.tasks)) + (["position"] if config.data.position else [])
 
 
 def _check_optim(config: RunConfig) -> list[str]:
@@ -250,6 +253,14 @@ def _check_optim(config: RunConfig) -> list[str]:
     problems = []
     if unknown:
         problems.append(f"`optim.groups` keys must be among {allowed}. Got {unknown}")
+    sparse = ("lazy_adam", "rowwise_adagrad", "sparse_sgd")
+    if config.optim.default.name in sparse:
+        problems.append(f"`optim.default.name` {config.optim.default.name} updates the embedding table row by row: "
+                        f"set it as `optim.groups.embeddings.name`, not as the default of every group")
+    wrong = sorted(g for g, spec in config.optim.groups.items() if spec.name in sparse and g != "embeddings")
+    if wrong:
+        problems.append(f"`optim.groups.<group>.name` lazy_adam / rowwise_adagrad / sparse_sgd are for the "
+                        f"`embeddings` group only. Got them for {wrong}")
     loss_group = config.optim.groups.get("loss")
     if loss_group is not None and loss_group.weight_decay not in (None, 0.0):
         problems.append(f"`optim.groups.loss.weight_decay` must be 0: the loss weights are not decayed. "

@@ -15,33 +15,41 @@ from multikpi.data.encoders import EncodedData
 @dataclass(frozen=True)
 class Batch:
     """B rows. categorical (B, F) int32; dense (B, D) float32; labels (B, T) float32, NaN = no
-    label; weights (B,) float32 sample weights or None (every row weighs 1)."""
+    label; weights (B,) float32 sample weights or None (every row weighs 1); position (B,) int32
+    position-vocabulary index, or None (no position tower, or prediction)."""
 
     categorical: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor | None = None
+    position: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
         return int(self.labels.shape[0])
 
     def to(self, device: torch.device) -> Batch:
-        weights = self.weights.to(device) if self.weights is not None else None
-        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device), weights)
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return tensor.to(device) if tensor is not None else None
+
+        return Batch(self.categorical.to(device), self.dense.to(device), self.labels.to(device),
+                     weights=move(self.weights), position=move(self.position))
 
 
 def batch_at(data: EncodedData, index: torch.Tensor) -> Batch:
     """The rows `index` (1-D int64) of `data`."""
-    weights = data.weights.index_select(0, index) if data.weights is not None else None
+    def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return tensor.index_select(0, index) if tensor is not None else None
+
     return Batch(data.categorical.index_select(0, index), data.dense.index_select(0, index),
-                 data.labels.index_select(0, index), weights)
+                 data.labels.index_select(0, index), weights=take(data.weights), position=take(data.position))
 
 
 def rows_of(data: EncodedData, index: torch.Tensor) -> EncodedData:
     """The rows `index` (1-D int64) of `data`, as EncodedData."""
     batch = batch_at(data, index)
-    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks, batch.weights)
+    return EncodedData(batch.categorical, batch.dense, batch.labels, data.tasks, weights=batch.weights,
+                       position=batch.position)
 
 
 def shuffled_batches(data: EncodedData, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -61,6 +69,7 @@ def evenly_spaced_rows(data: EncodedData, max_rows: int) -> EncodedData:
 def ordered_batches(data: EncodedData, batch_size: int) -> Iterator[Batch]:
     """Rows in file order, as contiguous slices (no copy)."""
     for start in range(0, data.num_rows, batch_size):
-        stop = start + batch_size
-        weights = data.weights[start:stop] if data.weights is not None else None
-        yield Batch(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop], weights)
+        rows = slice(start, start + batch_size)
+        yield Batch(data.categorical[rows], data.dense[rows], data.labels[rows],
+                    weights=data.weights[rows] if data.weights is not None else None,
+                    position=data.position[rows] if data.position is not None else None)

@@ -4,6 +4,11 @@ Categorical and dense columns: `columns.py`; labels and sample weights: `labels.
 fits every column in one pass (columns in parallel on a long-lived thread pool) and records per
 categorical column its vocabulary size, distinct ids and out-of-vocabulary rate in train, so that
 a split whose OOV rate is far above train's can be flagged.
+
+Position (optional, `ColumnSpec.position`): a vocabulary of the logged positions, like a
+categorical column, read only together with the labels (training, evaluation and calibration):
+it feeds the model's position tower, which prediction never runs. Index 1 is the smallest
+position seen in train, the tower's reference.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class EncodedData:
     dense:       (N, D) float32, standardized numerics then missing indicators.
     labels:      (N, T) float32 in the order of `tasks`; NaN where the task has no label.
     weights:     (N,) float32 sample weights, or None (every row weighs 1).
+    position:    (N,) int32 index in the position vocabulary (0 = unseen), or None without one.
     """
 
     categorical: torch.Tensor
@@ -57,6 +63,7 @@ class EncodedData:
     labels: torch.Tensor
     tasks: tuple[str, ...]
     weights: torch.Tensor | None = None
+    position: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -88,13 +95,20 @@ class FeatureEncoder:
 
     def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict[str, Any]],
                  labels: dict[str, LabelStats], column_stats: dict[str, dict[str, float]] | None = None,
-                 weight: str | None = None, hash_buckets: Mapping[str, int] | None = None):
+                 weight: str | None = None, hash_buckets: Mapping[str, int] | None = None,
+                 position: tuple[str, pa.Array] | None = None):
         self.vocabs = vocabs
         self.dense_stats = dense_stats
         self.labels = labels
         self.column_stats = column_stats or {}
         self.weight = weight
         self.hash_buckets = {c: int(b) for c, b in (hash_buckets or {}).items() if b > 0}
+        self.position = position  # (column, vocabulary of the logged positions), or None
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the position tower's table, including the unseen-position row 0 (0 without one)."""
+        return len(self.position[1]) + 1 if self.position is not None else 0
 
     @property
     def categorical(self) -> list[str]:
@@ -165,13 +179,19 @@ class FeatureEncoder:
         standardized = {c: encoded for c, (_, encoded) in zip(columns.dense, fitted_dense)}
         label_stats = {name: fit_label(label_values(table, name, spec, labels), name, spec)
                        for name, spec in labels.items()}
+        position = None
+        if columns.position is not None:
+            _require_columns(table, [columns.position])
+            position = (columns.position, fit_encode_ids(table.column(columns.position), columns.position, 1)[0])
         encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats, column_stats=column_stats,
-                      weight=columns.weight, hash_buckets={c: columns.hash_buckets for c in columns.categorical})
+                      weight=columns.weight, hash_buckets={c: columns.hash_buckets for c in columns.categorical},
+                      position=position)
         return encoder, encoder._encode_rest(table, categorical, with_labels=True, standardized=standardized)
 
     def encode(self, table: ColumnSource, with_labels: bool = True) -> EncodedData:
         """Encode a table with the fitted statistics. Labels are all-NaN (and weights None) when
-        `with_labels` is False."""
+        `with_labels` is False; the position is encoded only with the labels, when the table has
+        the column."""
         labels_needed = self.label_columns + ([self.weight] if self.weight else []) if with_labels else []
         _require_columns(table, self.categorical + self.dense + labels_needed)
         categorical = np.empty((table.num_rows, len(self.vocabs) + len(self.binned)), dtype=np.int32)
@@ -214,8 +234,12 @@ class FeatureEncoder:
                 labels[:, i] = self._encode_label(table, name)
             if self.weight:
                 weights = torch.from_numpy(read_weights(table.column(self.weight), self.weight))
+        position = None
+        if with_labels and self.position is not None and self.position[0] in table.column_names:
+            column, vocab = self.position
+            position = torch.from_numpy(encode_ids(table.column(column), vocab, column))
         return EncodedData(torch.from_numpy(categorical), torch.from_numpy(dense),
-                           torch.from_numpy(labels), tuple(self.labels), weights)
+                           torch.from_numpy(labels), tuple(self.labels), weights=weights, position=position)
 
     def _encode_label(self, table: ColumnSource, name: str) -> np.ndarray:
         stats = self.labels[name]
@@ -239,21 +263,21 @@ class FeatureEncoder:
         """A copy whose log1p regression tasks carry the fitted smearing factors."""
         labels = {t: replace(s, smearing=float(factors[t])) if t in factors else s for t, s in self.labels.items()}
         return FeatureEncoder(vocabs=self.vocabs, dense_stats=self.dense_stats, labels=labels,
-                              column_stats=self.column_stats, weight=self.weight, hash_buckets=self.hash_buckets)
+                              column_stats=self.column_stats, weight=self.weight, hash_buckets=self.hash_buckets,
+                              position=self.position)
 
     def files(self) -> dict[str, bytes]:
         """The encoders as files: file name -> bytes, one Parquet vocabulary per categorical column
         (`vocab_000.parquet`, ...) and `encoders.json`, last. The run directory writes them atomically."""
-        out = {}
-        for i, vocab in enumerate(self.vocabs.values()):
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.table({"value": vocab}), sink)
-            out[f"vocab_{i:03d}.parquet"] = sink.getvalue().to_pybytes()
+        out = {f"vocab_{i:03d}.parquet": _parquet_bytes(vocab) for i, vocab in enumerate(self.vocabs.values())}
         meta: dict[str, Any] = {"categorical": self.categorical, "dense": self.dense_stats,
                                 "column_stats": self.column_stats, "weight": self.weight,
-                                "labels": {name: asdict(stats) for name, stats in self.labels.items()}}
+                                "labels": {name: asdict(stats) for name, stats in self.labels.items()},
+                                "position": self.position[0] if self.position is not None else None}
         if self.hash_buckets:
             meta["hash_buckets"] = self.hash_buckets
+        if self.position is not None:
+            out["position_vocab.parquet"] = _parquet_bytes(self.position[1])
         out["encoders.json"] = json.dumps(meta, indent=1).encode()
         return out
 
@@ -276,12 +300,21 @@ class FeatureEncoder:
             meta = parse_encoders_file(json.loads((directory / "encoders.json").read_text()), source)
             vocabs = {column: _read_vocab(directory / f"vocab_{i:03d}.parquet", column)
                       for i, column in enumerate(meta.categorical)}
+            position = None
+            if meta.position is not None:
+                position = (meta.position, _read_vocab(directory / "position_vocab.parquet", meta.position))
         except (OSError, ValueError, pa.ArrowInvalid) as err:
             raise ArtifactError(f"encoders in {str(directory)!r} cannot be read: {err}") from None
         labels = {name: LabelStats(**stats.model_dump()) for name, stats in meta.labels.items()}
         dense = {c: stats.model_dump(exclude_none=True) for c, stats in meta.dense.items()}
         return cls(vocabs=vocabs, dense_stats=dense, labels=labels, column_stats=meta.column_stats,
-                   weight=meta.weight, hash_buckets=meta.hash_buckets)
+                   weight=meta.weight, hash_buckets=meta.hash_buckets, position=position)
+
+
+def _parquet_bytes(vocab: pa.Array) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"value": vocab}), sink)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _read_vocab(path: Path, column: str) -> pa.Array:

@@ -47,6 +47,7 @@ class EncodersFile(_Strict):
     column_stats: dict[str, dict[str, float]] = Field(default_factory=dict)
     weight: str | None = None
     hash_buckets: dict[str, int] = Field(default_factory=dict)  # column -> B > 0: its tail is hashed into B rows
+    position: str | None = None
 
 
 def parse_encoders_file(payload: Any, source: str) -> EncodersFile:

@@ -59,12 +59,13 @@ class FitState:
     train_rows: dict[int, int] = field(default_factory=dict)
     held_rows: dict[int, int] = field(default_factory=dict)
     weight_total: float = 0.0
+    positions: FrequencySketch | None = None  # the logged positions (exact: a few distinct values)
     samples_taken: dict[str, list[pa.Table]] = field(default_factory=dict)  # "train" / "held" -> raw rows
 
     def without_samples(self) -> FitState:
         """A copy without the raw sample rows (what every process needs of another's state)."""
         return FitState(self.frequency, self.distinct, self.samples, self.dense, self.labels, self.train_rows,
-                        self.held_rows, self.weight_total)
+                        self.held_rows, self.weight_total, self.positions)
 
     def merge(self, other: FitState) -> None:
         for column, sketch in other.frequency.items():
@@ -77,6 +78,8 @@ class FitState:
         self.train_rows.update(other.train_rows)
         self.held_rows.update(other.held_rows)
         self.weight_total += other.weight_total
+        if self.positions is not None and other.positions is not None:
+            self.positions.merge(other.positions)
 
 
 def new_state(columns: ColumnSpec) -> FitState:
@@ -84,7 +87,8 @@ def new_state(columns: ColumnSpec) -> FitState:
     return FitState(frequency={c: FrequencySketch(capacity) for c in columns.categorical},
                     distinct={c: DistinctSample() for c in columns.categorical},
                     samples={c: ValueSample(QUANTILE_SAMPLE, columns.numeric_bins) for c in columns.dense}
-                    if columns.numeric_bins > 0 else {})
+                    if columns.numeric_bins > 0 else {},
+                    positions=FrequencySketch() if columns.position is not None else None)
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ def _keep_samples(state: FitState, table: pa.Table, rows: np.ndarray, held: np.n
 
 def _fit_columns(columns: ColumnSpec, labels: Mapping[str, LabelSpec], holdout: HashHoldout | None) -> list[str]:
     label_columns = [s.column for s in labels.values()]
-    extra = [columns.weight] if columns.weight else []
+    extra = [c for c in (columns.weight, columns.position) if c]
     group = [holdout.group] if holdout is not None and holdout.group else []
     return list(dict.fromkeys([*columns.categorical, *columns.dense, *label_columns, *extra, *group]))
 
@@ -165,6 +169,8 @@ def _fold_batch(state: FitState, index: int, table: pa.Table, rows: np.ndarray, 
         transformed.merge(Moments.of(transform(present, spec.transform)))
     if columns.weight:
         state.weight_total += float(read_weights(table.column(columns.weight), columns.weight).sum())
+    if state.positions is not None and columns.position is not None:
+        state.positions.update(check_id_type(table.column(columns.position), columns.position))
 
 
 def finish(state: FitState, columns: ColumnSpec, labels: Mapping[str, LabelSpec]) -> FeatureEncoder:
@@ -178,7 +184,18 @@ def finish(state: FitState, columns: ColumnSpec, labels: Mapping[str, LabelSpec]
     if columns.weight and not state.weight_total > 0:
         raise DataError(f"weight column {columns.weight!r} is 0 on every row")
     return FeatureEncoder(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats, column_stats=column_stats,
-                          weight=columns.weight, hash_buckets={c: columns.hash_buckets for c in columns.categorical})
+                          weight=columns.weight, hash_buckets={c: columns.hash_buckets for c in columns.categorical},
+                          position=_positions(state, columns.position))
+
+
+def _positions(state: FitState, column: str | None) -> tuple[str, pa.Array] | None:
+    """(column, sorted distinct logged positions) as the in-memory fit gives them, or None."""
+    if column is None or state.positions is None:
+        return None
+    values, _ = state.positions.result()
+    if values is None:
+        return column, pa.array([], type=pa.int64())
+    return column, values.take(pc.sort_indices(values))
 
 
 def _vocabulary(state: FitState, column: str, columns: ColumnSpec, rows: int) -> tuple[pa.Array, dict[str, float]]:

@@ -76,9 +76,11 @@ class _Incoming:
 
 def _rows(data: EncodedData, start: int, stop: int) -> EncodedData:
     """Rows [start, stop) of `data`, as views."""
-    weights = data.weights[start:stop] if data.weights is not None else None
-    return EncodedData(data.categorical[start:stop], data.dense[start:stop], data.labels[start:stop], data.tasks,
-                       weights)
+    rows = slice(start, stop)
+    return EncodedData(data.categorical[rows], data.dense[rows], data.labels[rows], data.tasks,
+                       weights=data.weights[rows] if data.weights is not None else None,
+                       position=data.position[rows] if data.position is not None else None)
+
 
 
 class ShuffleBuffer:
@@ -119,9 +121,9 @@ class _BufferedInterval:
 
     def __init__(self, buffer: ShuffleBuffer, slots: EncodedData, incoming: _Incoming, empty: EncodedData):
         self.buffer = buffer
-        self.slots = {"categorical": slots.categorical.clone(), "dense": slots.dense.clone(),
-                      "labels": slots.labels.clone()}
-        self.weights = slots.weights.clone() if slots.weights is not None else None
+        fields = {"categorical": slots.categorical, "dense": slots.dense, "labels": slots.labels,
+                  "weights": slots.weights, "position": slots.position}
+        self.slots = {k: v.clone() for k, v in fields.items() if v is not None}
         self.tasks = slots.tasks
         self.incoming = incoming
         self.empty = empty
@@ -131,20 +133,21 @@ class _BufferedInterval:
         if drawn.size == 0:
             return self.empty
         index = torch.from_numpy(drawn)
-        out = EncodedData(self.slots["categorical"].index_select(0, index), self.slots["dense"].index_select(0, index),
-                          self.slots["labels"].index_select(0, index), self.tasks,
-                          self.weights.index_select(0, index) if self.weights is not None else None)
+        picked = {k: v.index_select(0, index) for k, v in self.slots.items()}
+        out = EncodedData(picked["categorical"], picked["dense"], picked["labels"], self.tasks,
+                          weights=picked.get("weights"), position=picked.get("position"))
         if refill:
             rows = self.incoming.take(refill, self.empty)
             at = index[:refill]
-            for key, tensor in (("categorical", rows.categorical), ("dense", rows.dense), ("labels", rows.labels)):
-                self.slots[key][at] = tensor
-            if self.weights is not None and rows.weights is not None:
-                self.weights[at] = rows.weights
+            incoming = {"categorical": rows.categorical, "dense": rows.dense, "labels": rows.labels,
+                        "weights": rows.weights, "position": rows.position}
+            for key, tensor in self.slots.items():
+                value = incoming[key]
+                assert value is not None  # every piece of a reader has the same fields
+                tensor[at] = value
         if keep is not None:
             mask = torch.from_numpy(keep)
             self.slots = {k: v[mask] for k, v in self.slots.items()}
-            self.weights = self.weights[mask] if self.weights is not None else None
         return out
 
 

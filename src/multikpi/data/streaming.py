@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from multikpi.data.batches import Batch
+from multikpi.data.batches import Batch, rows_of
 from multikpi.data.datasets import ParquetDataset
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.split import HashHoldout
@@ -108,7 +108,8 @@ class ChunkReader:
         self.held_side = held_side
         self.check = check
         group = [holdout.group] if holdout is not None and holdout.group else []
-        self.columns = list(dict.fromkeys(encoder.needed_columns() + group))
+        position = [encoder.position[0]] if encoder.position is not None else []
+        self.columns = list(dict.fromkeys(encoder.needed_columns() + position + group))
 
     def tables(self, chunk: int, first: int = 0, end: int | None = None) -> Iterator[pa.Table]:
         """Raw kept rows [first, end) of row group `chunk`, as Tables (in record batches)."""
@@ -155,9 +156,14 @@ def concat(parts: list[EncodedData], empty: EncodedData) -> EncodedData:
         return empty
     if len(parts) == 1:
         return parts[0]
-    weights = torch.cat([p.weights for p in parts if p.weights is not None]) if parts[0].weights is not None else None
+
+    def joined(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        present = [t for t in tensors if t is not None]
+        return torch.cat(present) if len(present) == len(tensors) else None
+
     return EncodedData(torch.cat([p.categorical for p in parts]), torch.cat([p.dense for p in parts]),
-                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights)
+                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights=joined([p.weights for p in parts]),
+                       position=joined([p.position for p in parts]))
 
 
 def rows_at(reader: ChunkReader, order: EpochOrder, positions: np.ndarray) -> EncodedData:
@@ -177,10 +183,8 @@ def rows_at(reader: ChunkReader, order: EpochOrder, positions: np.ndarray) -> En
 
 def take(data: EncodedData, index: torch.Tensor) -> EncodedData:
     """The rows `index` (1-D int64) of `data`."""
-    weights = data.weights.index_select(0, index) if data.weights is not None else None
-    return EncodedData(data.categorical.index_select(0, index), data.dense.index_select(0, index),
-                       data.labels.index_select(0, index), data.tasks, weights)
+    return rows_of(data, index)
 
 
 def as_batch(data: EncodedData) -> Batch:
-    return Batch(data.categorical, data.dense, data.labels, data.weights)
+    return Batch(data.categorical, data.dense, data.labels, weights=data.weights, position=data.position)

@@ -20,6 +20,11 @@ ranking by the baseline score (the run's `decide.score`, else the first binary t
 `click@10 >= 0.98*baseline`. The chosen trial is the feasible one with the highest objective;
 among equals, the one best on the constrained metrics in turn, then the earliest. Constraints also
 steer the sampler (constrained TPE).
+
+With an off-policy estimator (`PolicyMetrics`: ips, snips, dm, dr) the metrics are instead that
+estimator's `<task>@k`, the bounds of its interval `<task>@k.lcb` / `<task>@k.ucb`, and the
+weights' `support@k` and `ess@k`: `click@10.lcb >= 0.98*baseline` asks that the lower bound of the
+click estimate clear 98% of the baseline's estimate.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from multikpi.decide.policy_eval import PolicyMetrics
 from multikpi.decide.ranking import ranking_metrics
 from multikpi.decide.score import Candidates, evaluate_scores
 from multikpi.errors import ConfigError, DataError
@@ -45,7 +51,7 @@ logger = logging.getLogger("multikpi")
 DEFAULT_RANGE = (0.0, 3.0)
 STEP = 0.01
 WEIGHT_PREFIX = "w_"
-_METRIC = r"[A-Za-z_][A-Za-z0-9_]*(?:@\d+)?"
+_METRIC = r"[A-Za-z_][A-Za-z0-9_]*(?:@\d+)?(?:\.(?:lcb|ucb))?"
 _CONSTRAINT = re.compile(rf"^\s*(?P<metric>{_METRIC})\s*(?P<op>>=|<=|≥|≤)\s*(?P<bound>.*?)\s*$")
 _RANGE = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<low>[^:]+):(?P<high>.+?)\s*$")
 _COUNTS = ("groups", "rows", "k")
@@ -69,7 +75,9 @@ class Constraint:
     bound: Formula
 
     def threshold(self, baseline: dict[str, float]) -> float:
-        return float(self.bound.evaluate({"baseline": baseline[self.metric]}, rows=1)[0])
+        """The bound, with `baseline` the baseline's value of the metric; for an interval bound
+        (`click@10.lcb`) the baseline's estimate itself (`click@10`)."""
+        return float(self.bound.evaluate({"baseline": baseline[point_metric(self.metric)]}, rows=1)[0])
 
     def violation(self, metrics: dict[str, float], baseline: dict[str, float]) -> float:
         """How far `metrics` is from meeting the constraint: <= 0 when it is met."""
@@ -107,6 +115,7 @@ class TuneResult:
     front_metrics: tuple[str, ...]
     front_directions: tuple[int, ...]
     front: tuple[int, ...]
+    estimator: str = "naive"
 
 
 def default_template(kinds: Mapping[str, str]) -> str:
@@ -168,15 +177,23 @@ def parse_constraint(text: str) -> Constraint:
     return Constraint(text, match["metric"], op, bound)
 
 
+def point_metric(name: str) -> str:
+    """The estimate an interval bound belongs to: `click@10.lcb` -> `click@10`; others unchanged."""
+    return name.rsplit(".", 1)[0] if name.endswith((".lcb", ".ucb")) else name
+
+
 def metric_k(name: str) -> int | None:
-    """The cut-off of a metric name (`click@10` -> 10), or None (`gauc_click`)."""
+    """The cut-off of a metric name (`click@10` -> 10, `click@10.lcb` -> 10), or None (`gauc_click`)."""
     _, at, k = name.partition("@")
-    return int(k) if at else None
+    return int(k.partition(".")[0]) if at else None
 
 
 def candidate_metrics(candidates: Candidates, scores: np.ndarray, kinds: Mapping[str, str],
-                      ks: list[int]) -> dict[str, float]:
-    """Every ranking metric of `scores` at each cut-off in `ks`, in one flat dict."""
+                      ks: list[int], policy: PolicyMetrics | None = None) -> dict[str, float]:
+    """Every metric of `scores` at each cut-off in `ks`, in one flat dict: the ranking metrics of
+    the re-sorted labels, or with `policy` its off-policy estimates."""
+    if policy is not None:
+        return policy.metrics(candidates.rank(scores).ranks, ks)
     if candidates.labels is None:
         raise DataError("ranking metrics need the label columns of the tasks in the data file")
     ranking = candidates.rank(scores)
@@ -203,9 +220,11 @@ def check_metrics(names: list[str], available: dict[str, float]) -> None:
 
 
 def tune_decision(candidates: Candidates, kinds: Mapping[str, str], template: Template, objective: str,
-                  constraints: list[Constraint], baseline_formula: Formula, trials: int, seed: int) -> TuneResult:
-    """Search the template's weights with TPE; see the module docstring. Raises DataError when no
-    trial meets the constraints."""
+                  constraints: list[Constraint], baseline_formula: Formula, trials: int, seed: int,
+                  policy: PolicyMetrics | None = None) -> TuneResult:
+    """Search the template's weights with TPE; see the module docstring. The metrics are the
+    re-sorted labels' ranking metrics, or with `policy` its off-policy estimates. Raises DataError
+    when no trial meets the constraints."""
     if candidates.labels is None:
         raise DataError("tune-decision needs the label columns of the tasks in the data file")
     zero = [n for n in [objective] + [c.metric for c in constraints] if metric_k(n) == 0]
@@ -214,7 +233,7 @@ def tune_decision(candidates: Candidates, kinds: Mapping[str, str], template: Te
     constraint_ks = [k for c in constraints if (k := metric_k(c.metric))]
     k = metric_k(objective) or next(iter(constraint_ks), 10)
     ks = sorted({k, *constraint_ks})
-    baseline = candidate_metrics(candidates, evaluate_scores(baseline_formula, candidates), kinds, ks)
+    baseline = candidate_metrics(candidates, evaluate_scores(baseline_formula, candidates), kinds, ks, policy)
     check_metrics([objective] + [c.metric for c in constraints], baseline)
     for constraint in constraints:
         if not math.isfinite(constraint.threshold(baseline)):
@@ -222,7 +241,8 @@ def tune_decision(candidates: Candidates, kinds: Mapping[str, str], template: Te
                               source="tune-decision")
 
     def evaluate(params: dict[str, float]) -> tuple[dict[str, float], tuple[float, ...]]:
-        metrics = candidate_metrics(candidates, evaluate_scores(template.formula, candidates, params), kinds, ks)
+        metrics = candidate_metrics(candidates, evaluate_scores(template.formula, candidates, params), kinds, ks,
+                                    policy)
         return metrics, tuple(c.violation(metrics, baseline) for c in constraints)
 
     done = _search(template, objective, evaluate, trials, seed, bool(constraints))
@@ -240,8 +260,9 @@ def tune_decision(candidates: Candidates, kinds: Mapping[str, str], template: Te
         template=template.formula.text, objective=objective, constraints=tuple(constraints), k=k,
         baseline_formula=baseline_formula.text, baseline=baseline, trials=tuple(done), chosen=chosen,
         chosen_formula=chosen_text,
-        chosen_metrics=candidate_metrics(candidates, evaluate_scores(chosen_formula, candidates), kinds, ks),
-        front_metrics=names, front_directions=directions, front=pareto_front(done, names, directions))
+        chosen_metrics=candidate_metrics(candidates, evaluate_scores(chosen_formula, candidates), kinds, ks, policy),
+        front_metrics=names, front_directions=directions, front=pareto_front(done, names, directions),
+        estimator=policy.estimator if policy is not None else "naive")
 
 
 def _search(template: Template, objective: str, evaluate, trials: int, seed: int,

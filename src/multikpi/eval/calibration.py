@@ -169,8 +169,10 @@ def calibrate_run(model: MultiTaskModel, splits: dict[str, EncodedData], encoder
     when there is no valid split or no binary task."""
     if "valid" not in splits or not any(s.kind == "binary" for s in encoder.labels.values()):
         return None, None
-    pairs = {name: binary_labels_and_probs(model_outputs(model, splits[name], batch_size, precision),
-                                           splits[name], encoder)
+    # With a position tower the labels saw the logged positions: the calibrators are fitted (and
+    # assessed) on the probabilities there, and applied to the position-free ones at prediction.
+    pairs = {name: binary_labels_and_probs(model_outputs(model, splits[name], batch_size, precision,
+                                                         at_logged_position=True), splits[name], encoder)
              for name in ("valid", "test") if name in splits}
     calibrators, skipped = fit_calibrators(pairs["valid"])
     payload = {"format": 1, "fitted_on": "valid", "tasks": {t: c.to_json() for t, c in calibrators.items()},

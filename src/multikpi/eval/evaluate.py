@@ -19,11 +19,14 @@ RowsDone = Callable[[int], None]  # progress callback: called with the rows of e
 
 
 def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
-                   precision: torch.dtype | None = None,
-                   on_rows: RowsDone | None = None) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+                   precision: torch.dtype | None = None, on_rows: RowsDone | None = None,
+                   at_logged_position: bool = False) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """(row slice, task -> raw outputs of those rows) in slices of `batch_size` rows: logits for
     binary tasks, standardized values for regression. Runs under inference_mode (and autocast to
-    `precision` when given) on the model's device."""
+    `precision` when given) on the model's device. Position-free (what prediction gives), unless
+    `at_logged_position` and the model has a position tower and `data` a position: then the binary
+    logits include the tower's offsets at the logged positions (what the labels saw)."""
+    logged = at_logged_position and data.position is not None and model.position_tower is not None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -31,7 +34,12 @@ def output_batches(model: MultiTaskModel, data: EncodedData, batch_size: int,
         with torch.inference_mode(), torch.autocast(device.type, dtype=precision, enabled=precision is not None):
             for start in range(0, data.num_rows, batch_size):
                 rows = slice(start, min(start + batch_size, data.num_rows))
-                outputs = model.forward_features(data.categorical[rows].to(device), data.dense[rows].to(device))
+                categorical, dense = data.categorical[rows].to(device), data.dense[rows].to(device)
+                if logged:
+                    assert data.position is not None
+                    outputs = model.forward_logged(categorical, dense, data.position[rows].to(device))
+                else:
+                    outputs = model.forward_features(categorical, dense)
                 arrays = {task: values.float().cpu().numpy() for task, values in outputs.items()}
                 _check_finite(arrays, rows)
                 yield rows, arrays
@@ -54,10 +62,11 @@ def _check_finite(outputs: dict[str, np.ndarray], rows: slice) -> None:
 
 
 def model_outputs(model: MultiTaskModel, data: EncodedData, batch_size: int,
-                  precision: torch.dtype | None = None, on_rows: RowsDone | None = None) -> dict[str, np.ndarray]:
+                  precision: torch.dtype | None = None, on_rows: RowsDone | None = None,
+                  at_logged_position: bool = False) -> dict[str, np.ndarray]:
     """task -> (N,) raw outputs of every row (see `output_batches`)."""
     chunks: dict[str, list[np.ndarray]] = {}
-    for _, outputs in output_batches(model, data, batch_size, precision, on_rows):
+    for _, outputs in output_batches(model, data, batch_size, precision, on_rows, at_logged_position):
         for task, values in outputs.items():
             chunks.setdefault(task, []).append(values)
     return {task: np.concatenate(parts) for task, parts in chunks.items()}

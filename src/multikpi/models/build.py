@@ -16,6 +16,7 @@ from multikpi.models.blocks import FeatureEmbedding, mlp
 from multikpi.models.experts import PLE, ExpertBank, Gate, MMoE
 from multikpi.models.heads import TaskTower, logit_of_rate
 from multikpi.models.multitask import MultiTaskModel
+from multikpi.models.position import PositionTower
 from multikpi.models.protocols import SharingArchitecture
 from multikpi.models.task_graph import Edge, TaskGraph
 
@@ -104,7 +105,9 @@ def build_model(spec: ModelSpec, tasks: Mapping[str, TaskSpec], encoder: Feature
     for task in names:
         heads[task] = TaskTower(shared.out_dim + graph.num_inputs(task), list(spec.tower), spec.dropout,
                                 _output_bias(task, encoder, graph))
-    return MultiTaskModel(embeddings, shared, heads, graph)
+    binary = [t for t in names if tasks[t].kind == "binary"]
+    tower = PositionTower(encoder.num_positions, binary) if encoder.position is not None and binary else None
+    return MultiTaskModel(embeddings, shared, heads, graph, tower)
 
 
 def _output_bias(task: str, encoder: FeatureEncoder, graph: TaskGraph) -> float:

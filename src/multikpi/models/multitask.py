@@ -2,6 +2,9 @@
 
 It computes and nothing else: no loss, optimizer or I/O. `forward` returns the user's task names
 as keys; values are (B,) logits for binary tasks and (B,) standardized values for regression.
+With a position tower (`data.position`), `forward` (training) multiplies the binary tasks'
+probabilities by the position's examination (models/position.py); `forward_features`
+(prediction, serving) never runs it: position-free estimates.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from torch import nn
 
 from multikpi.data.batches import Batch
 from multikpi.models.blocks import FeatureEmbedding
+from multikpi.models.position import PositionTower
 from multikpi.models.protocols import SharingArchitecture
 from multikpi.models.task_graph import TaskGraph
 
@@ -21,17 +25,19 @@ class MultiTaskModel(nn.Module):
     shared:     the architecture; maps (B, F*dim + D) to one representation per task, dict[task, (B, H)].
     heads:      ModuleDict task -> TaskTower, taking (B, H + k) where k = number of upstream estimates.
     graph:      the order in which heads run and which estimates feed which tower.
+    position_tower: optional shallow tower over the logged position, used in `forward` only.
     """
 
     output_offsets: torch.Tensor
 
     def __init__(self, embeddings: FeatureEmbedding, shared: SharingArchitecture, heads: nn.ModuleDict,
-                 graph: TaskGraph):
+                 graph: TaskGraph, position_tower: PositionTower | None = None):
         super().__init__()
         self.embeddings = embeddings
         self.shared: SharingArchitecture = shared
         self.heads = heads
         self.graph = graph
+        self.position_tower = position_tower
         # Added to each task's final output (a logit shift for binary tasks, a log-mean shift for
         # log-link regressions) after training so that the estimates are right on average
         # (training/centering.py); 0 while training. After the task graph, so that a downstream
@@ -39,10 +45,22 @@ class MultiTaskModel(nn.Module):
         self.register_buffer("output_offsets", torch.zeros(len(heads)))
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Batch (categorical (B, F), dense (B, D)) -> dict task -> (B,) logit or standardized value.
+        """Batch (categorical (B, F), dense (B, D), position (B,) or None) -> dict task -> (B,) logit
+        or standardized value; the binary logits at the batch's logged positions when the model has
+        a position tower and the batch a position.
 
         With `model.arch: esmm` there is one more key, the CVR tower's logit (see models/esmm.py)."""
-        return self.forward_features(batch.categorical, batch.dense)
+        if batch.position is None:
+            return self.forward_features(batch.categorical, batch.dense)
+        return self.forward_logged(batch.categorical, batch.dense, batch.position)
+
+    def forward_logged(self, categorical: torch.Tensor, dense: torch.Tensor,
+                       position: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Like `forward_features`, plus the position tower's offsets at the logged `position` (B,)."""
+        outputs = self.forward_features(categorical, dense)
+        if self.position_tower is None:
+            return outputs
+        return self.position_tower.add(outputs, position)
 
     def forward_features(self, categorical: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = torch.cat([self.embeddings(categorical), dense], dim=1)

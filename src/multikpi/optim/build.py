@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from multikpi.config.schema import OptimizerSpec, ScheduleSpec
+from multikpi.errors import ConfigError
+from multikpi.models.embedding import FeatureEmbedding
 from multikpi.optim.param_groups import ParamGroup
+from multikpi.optim.sparse import SPARSE_OPTIMIZERS, LazyAdam, RowSparseSGD, RowwiseAdagrad
 
 
 def _adam(groups: list[dict]) -> torch.optim.Optimizer:
@@ -101,12 +104,36 @@ class OptimizerSet:
             scheduler.load_state_dict(saved)
 
 
-def build_optimizers(groups: list[ParamGroup], total_steps: int) -> OptimizerSet:
-    """One optimizer per optimizer class in use, each with one param_group per subnet group."""
+def _sparse(group: ParamGroup, embedding: FeatureEmbedding | None) -> torch.optim.Optimizer:
+    """The row-sparse optimizer of the `embeddings` group (optim/sparse.py); switches the table to
+    row-sparse updates."""
+    if group.name != "embeddings" or embedding is None:
+        raise ConfigError([f"optimizer {group.settings.name!r} updates the embedding table row by row and is for the "
+                           f"`embeddings` group only. Got it for {group.name!r}"], source="optim")
+    embedding.enable_sparse_updates()
+    s = group.settings
+    if s.name == "lazy_adam":
+        return LazyAdam(embedding, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    if s.name == "rowwise_adagrad":
+        return RowwiseAdagrad(embedding, lr=s.lr, weight_decay=s.weight_decay)
+    return RowSparseSGD(embedding, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def build_optimizers(groups: list[ParamGroup], total_steps: int,
+                     embedding: FeatureEmbedding | None = None) -> OptimizerSet:
+    """One optimizer per optimizer class in use, each with one param_group per subnet group; a
+    row-sparse optimizer for `embedding` when the `embeddings` group names one (sparse_sgd,
+    lazy_adam, rowwise_adagrad)."""
     by_class: dict[str, list[ParamGroup]] = {}
-    for group in groups:
-        by_class.setdefault(group.settings.name, []).append(group)
     optimizers, schedulers = [], []
+    for group in groups:
+        if group.settings.name in SPARSE_OPTIMIZERS:
+            optimizer = _sparse(group, embedding)
+            optimizers.append(optimizer)
+            schedulers.append(torch.optim.lr_scheduler.LambdaLR(
+                optimizer, [schedule_factor(group.settings.schedule, total_steps)]))
+            continue
+        by_class.setdefault(group.settings.name, []).append(group)
     for name, members in by_class.items():
         optimizer = OPTIMIZERS[name]([_torch_group(g) for g in members])
         factors = [schedule_factor(g.settings.schedule, total_steps) for g in members]

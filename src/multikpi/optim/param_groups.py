@@ -5,7 +5,8 @@ named group with its own optimizer settings.
 Group names: `embeddings`, the architecture's shared subnets (`shared` for shared_bottom,
 `experts` and `gates` for mmoe and ple, none for single_task and esmm), `heads.<task>` per task
 (for single_task and esmm also the task's own MLP `shared.nets.<task>`, so that one group holds
-all of a task's layers above the embeddings), and `loss` (the combiner's learned weights). Groups left out of
+all of a task's layers above the embeddings), `position` (the position tower, with `data.position`),
+and `loss` (the combiner's learned weights). Groups left out of
 `optim.groups` take `optim.default`; `embeddings` first falls back to the `shared` settings.
 Every parameter must belong to exactly one group.
 """
@@ -31,7 +32,7 @@ class ParamGroup:
 def group_prefixes(config: RunConfig) -> dict[str, str]:
     """Parameter-name prefix -> group name, for the model plus the combiner (prefixed `loss.`)."""
     row = ARCHITECTURES[config.model.arch]
-    prefixes = {"embeddings.": "embeddings", "loss.": "loss"}
+    prefixes = {"embeddings.": "embeddings", "loss.": "loss", "position_tower.": "position"}
     for subnet in row.subnets:
         prefixes[f"shared.{subnet}." if subnet != "shared" else "shared."] = subnet
     for task in config.tasks:
@@ -91,11 +92,13 @@ def _merge(base: OptimizerSpec, override: GroupOptimizerSpec) -> OptimizerSpec:
 
 def build_param_groups(config: RunConfig, model: nn.Module, combiner: nn.Module) -> list[ParamGroup]:
     """Every trainable parameter of model and combiner, in named groups with resolved settings."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # The embedding table is in its group even when row-sparse (it then has requires_grad False).
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or n == "embeddings.weight"]
     named += [(f"loss.{n}", p) for n, p in combiner.named_parameters() if p.requires_grad]
     by_name = dict(named)
     assigned = assign_groups(named, group_prefixes(config))
     return [
         ParamGroup(group, tuple(by_name[n] for n in names), tuple(names), resolve_settings(config, group))
-        for group in subnet_names(config.model.arch, list(config.tasks)) if (names := assigned.get(group))
+        for group in subnet_names(config.model.arch, list(config.tasks)) + ["position"]
+        if (names := assigned.get(group))
     ]

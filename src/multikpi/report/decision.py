@@ -26,6 +26,7 @@ def summary(result: TuneResult) -> dict[str, Any]:
                     "met": c.violation(result.chosen_metrics, result.baseline) <= 0} for c in result.constraints]
     return {
         "template": result.template,
+        "estimator": result.estimator,
         "objective": {"metric": result.objective, "baseline": result.baseline[result.objective],
                       "chosen": result.chosen_metrics[result.objective]},
         "constraints": constraints,
@@ -45,7 +46,8 @@ def tradeoff_table(result: TuneResult) -> str:
     weights = list(result.chosen.params)
     names = list(result.front_metrics)
     header = ["trial"] + weights + names + ["feasible", ""]
-    base_cells = ["baseline"] + ["" for _ in weights] + [f"{result.baseline[n]:.4f}" for n in names]
+    base_cells = ["baseline"] + ["" for _ in weights] + [f"{result.baseline[n]:.4f}" + _bounds(result.baseline, n)
+                                                         for n in names]
     table: list[list[str]] = [base_cells + ["yes", f"`{result.baseline_formula}`"]]
     by_number = {t.number: t for t in result.trials}
     rows = [by_number[n] for n in result.front]
@@ -57,10 +59,19 @@ def tradeoff_table(result: TuneResult) -> str:
                ([result.chosen] if result.chosen in rows[MAX_TABLE_ROWS:] else [])
     for trial in rows:
         cells = [str(trial.number)] + [f"{trial.params[w]:g}" for w in weights]
-        cells += [_with_change(trial.metrics[n], result.baseline[n]) for n in names]
+        cells += [_with_change(trial.metrics[n], result.baseline[n]) + _bounds(trial.metrics, n) for n in names]
         note = "**chosen**" if trial is result.chosen else ""
         table.append(cells + ["yes" if trial.feasible else "no", note])
-    return render_table(header, table, style="markdown") + "\n"
+    note = "" if result.estimator == "naive" else \
+        f"\nMetrics estimated off-policy with {result.estimator}; [lcb, ucb] are 95% bootstrap intervals.\n"
+    return render_table(header, table, style="markdown") + "\n" + note
+
+
+def _bounds(metrics: dict[str, float], name: str) -> str:
+    """` [lcb, ucb]` when the metrics hold an interval for `name` (an off-policy estimate)."""
+    if f"{name}.lcb" not in metrics:
+        return ""
+    return f" [{metrics[name + '.lcb']:.4f}, {metrics[name + '.ucb']:.4f}]"
 
 
 def _with_change(value: float, baseline: float) -> str:
@@ -135,6 +146,9 @@ def _panel(ax, result: TuneResult, other: str) -> None:
                zorder=5, label=f"baseline: {result.baseline_formula}")
     ax.scatter([result.chosen_metrics[other]], [result.chosen_metrics[objective]], s=180, marker="*",
                color="tab:red", zorder=6, label=f"chosen (trial {result.chosen.number})")
+    _interval_bars(ax, [t.metrics for t in result.trials], other, objective, "tab:blue", 0.2)
+    _interval_bars(ax, [result.baseline], other, objective, "black", 0.8)
+    _interval_bars(ax, [result.chosen_metrics], other, objective, "tab:red", 0.9)
     for constraint in result.constraints:
         if constraint.metric == other:
             ax.axvline(constraint.threshold(result.baseline), color="tab:red", ls="--", lw=1,
@@ -147,6 +161,20 @@ def _panel(ax, result: TuneResult, other: str) -> None:
     ax.set_ylabel(objective)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+
+
+def _interval_bars(ax, points: list[dict[str, float]], x: str, y: str, color: str, alpha: float) -> None:
+    """Error bars from each point's interval bounds (`<metric>.lcb` / `.ucb`), on the axes that have them."""
+    def errors(name: str) -> list[list[float]] | None:
+        if f"{name}.lcb" not in points[0]:
+            return None
+        return [[p[name] - p[name + ".lcb"] for p in points], [p[name + ".ucb"] - p[name] for p in points]]
+
+    xerr, yerr = errors(x), errors(y)
+    if xerr is None and yerr is None:
+        return
+    ax.errorbar([p[x] for p in points], [p[y] for p in points], xerr=xerr, yerr=yerr, fmt="none",
+                ecolor=color, alpha=alpha, lw=0.8, zorder=2)
 
 
 def _front_2d(trials: list[Trial], x: str, y: str, direction: int) -> list[Trial]:

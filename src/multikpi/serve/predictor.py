@@ -45,7 +45,7 @@ class Predictor:
         self.version = version
         self.device = resolve_device(device or serving.device)
         self.model = model.to(self.device).eval()
-        self.precision = resolve_precision(serving.precision, self.device)
+        self.precision = resolve_precision(serving.precision, self.device, self.model, serving.batch_size, "infer")
         self.calibrators = calibrators  # binary task -> isotonic + Platt, fitted on valid (None: not fitted)
         self.calibration = resolve_method(serving.calibration, calibrators)  # none | isotonic | platt
 

@@ -8,8 +8,24 @@ different rows, and the same arguments always give the same table.
 
 Rows are grouped in requests (page views): each request has 10-50 candidate
 rows (uniform size; the last request is truncated so the table has exactly
-``n_rows`` rows).  Within a request the candidates are ordered by a noisy
-logging ranker, so ``position`` is (realistically) confounded with relevance.
+``n_rows`` rows), every candidate shown at one position 1..n.
+
+Logging policy. The logger scores each candidate (``logged_score``: popularity,
+the user-item affinity and the logger's own noise) and samples the order of the
+request from a Plackett-Luce distribution over ``logged_score / temperature``
+(``temperature`` inf: a uniformly random order). So ``position`` is
+(realistically) confounded with relevance, and every order has a known
+probability: ``propensity`` is the exact marginal probability that the logger
+puts the row's item at the row's position (see ``plackett_luce.py``).
+
+Clicks follow the position-based model (PBM): a user examines position p with
+probability ``examination(p) = p ** -EXAMINATION_POWER`` (1 at the top),
+independently of the item, and clicks an examined item with its attractiveness
+``p_click_examined``; P(click) = examination(p) * attractiveness. Conversions
+happen only after a click, with a probability that does not depend on the
+position; so does the dwell after a click. ``exam_propensity`` is the probability
+that the row's item is examined under the logging policy,
+sum_p P(item at p) * examination(p).
 
 Columns of :func:`make_feed` (in this order):
 
@@ -33,148 +49,59 @@ click           int8    1 if clicked (~5% of rows)
 dwell           float32 dwell seconds, log-normal, every row; larger on clicks
 convert         int8    1 if converted (~0.4% of rows, ~8% of clicks); 0 unless
                         ``click`` is 1
+logged_score    float32 the logging policy's score of the row
+propensity      float64 P(the logger puts this item at this position)
+examination     float64 examination probability of the row's position (PBM)
+exam_propensity float64 P(this item is examined) under the logging policy
 =============== ======= ========================================================
 
 :func:`feed_oracle` returns, for the very same rows, the true ``p_click``,
 ``p_convert`` (= P(convert | features) = p_click * P(convert | click)),
-``p_convert_given_click`` and ``dwell_log1p_mean`` (E[log1p(dwell) | features]).
+``p_convert_given_click`` and ``dwell_log1p_mean`` (E[log1p(dwell) | features]),
+all at the row's logged position, and the position-free ``p_click_examined``,
+``examination`` and ``dwell_given_click_mean`` (E[dwell | click]).
+:func:`feed_policy_value` gives the true expected KPIs@k of any ranking of the
+same rows: the oracle of the off-policy estimators.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["make_feed", "feed_oracle"]
+from multikpi.synthetic._feed_world import (
+    DEVICES,
+    LOG_PRICE_CENTER,
+    N_CATEGORIES,
+    N_ITEMS,
+    N_SEGMENTS,
+    N_USERS,
+    World,
+    context_tables,
+    item_tables,
+    sigmoid,
+    user_tables,
+)
+from multikpi.synthetic.plackett_luce import position_marginals, sample_ranks
 
-N_USERS = 20_000
-N_ITEMS = 30_000
-N_CATEGORIES = 200
-N_SEGMENTS = 12
-DEVICES = ("ios", "android", "web")
-LATENT_DIM = 8
+__all__ = ["make_feed", "feed_oracle", "feed_policy_value", "examination", "LOGGING_TEMPERATURE"]
+
 REQUEST_MIN, REQUEST_MAX = 10, 50
 CLICK_RATE = 0.05
 CONVERT_RATE = 0.004
 MISSING_RATE = 0.05
 CALIBRATION_ROWS = 40_000
-LOG_PRICE_CENTER = 3.0
 DWELL_SIGMA = 0.7
+EXAMINATION_POWER = 0.5     # examination(p) = p ** -0.5: 1 at the top, 0.32 at position 10, 0.14 at 50
+LOGGING_TEMPERATURE = 0.5   # Plackett-Luce temperature of the logging policy
+LOGGER_NOISE = 0.5          # sd of the logger's own noise in logged_score
 
-_WORLD_TAG, _CALIBRATION_TAG, _ROWS_TAG = 11, 23, 37
-
-
-@dataclass(frozen=True, eq=False)
-class _World:
-    """Hidden ground truth shared by every file made with one ``world_seed``."""
-
-    user_ids: np.ndarray
-    user_p: np.ndarray
-    user_segment: np.ndarray
-    user_device: np.ndarray
-    user_activity: np.ndarray
-    user_click: np.ndarray
-    user_cvr: np.ndarray
-    user_dwell: np.ndarray
-    user_vec: np.ndarray
-    item_ids: np.ndarray
-    item_p: np.ndarray
-    item_category: np.ndarray
-    item_log_price: np.ndarray
-    item_age_mu: np.ndarray
-    item_click: np.ndarray
-    item_cvr: np.ndarray
-    item_dwell: np.ndarray
-    item_vec: np.ndarray
-    cat_click: np.ndarray
-    cat_cvr: np.ndarray
-    seg_cat_click: np.ndarray
-    seg_cvr: np.ndarray
-    hour_p: np.ndarray
-    hour_click: np.ndarray
-    device_click: np.ndarray
-    device_cvr: np.ndarray
-    click_bias: float = 0.0
-    cvr_bias: float = 0.0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _zscore(x: np.ndarray) -> np.ndarray:
-    """Standardise ``x`` to mean 0, standard deviation 1."""
-    return (x - x.mean()) / x.std()
-
-
-def _zipf_probs(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Zipf-like probabilities over ``n`` values, randomly assigned to indices."""
-    weights = rng.permutation(1.0 / np.arange(1, n + 1) ** exponent)
-    return weights / weights.sum()
-
-
-def _sparse_ids(n: int, base: int, max_gap: int, rng: np.random.Generator) -> np.ndarray:
-    """Unique, increasing, sparse int64 raw ids."""
-    return base + np.cumsum(rng.integers(1, max_gap, n, dtype=np.int64))
-
-
-def _user_tables(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-user attributes, effects and latent factors."""
-    user_p = _zipf_probs(N_USERS, 0.7, rng)
-    log_activity = 1.5 + 0.6 * _zscore(np.log(user_p)) + 0.8 * rng.normal(size=N_USERS)
-    activity_z = _zscore(log_activity)
-    return {
-        "user_ids": _sparse_ids(N_USERS, 100_000, 2_000, rng),
-        "user_p": user_p,
-        "user_segment": rng.choice(N_SEGMENTS, N_USERS, p=_zipf_probs(N_SEGMENTS, 0.9, rng)),
-        "user_device": rng.choice(len(DEVICES), N_USERS, p=[0.4, 0.45, 0.15]),
-        "user_activity": np.exp(log_activity).astype(np.float32),
-        "user_click": 0.4 * rng.normal(size=N_USERS) + 0.12 * activity_z,
-        "user_cvr": 0.5 * rng.normal(size=N_USERS) - 0.1 * activity_z,
-        "user_dwell": 0.3 * rng.normal(size=N_USERS),
-        "user_vec": rng.normal(size=(N_USERS, LATENT_DIM)) / LATENT_DIM**0.25,
-    }
-
-
-def _item_tables(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-item attributes, effects and latent factors."""
-    item_p = _zipf_probs(N_ITEMS, 0.8, rng)
-    category = rng.choice(N_CATEGORIES, N_ITEMS, p=_zipf_probs(N_CATEGORIES, 0.8, rng))
-    cat_price = LOG_PRICE_CENTER + 0.8 * rng.normal(size=N_CATEGORIES)
-    quality = rng.normal(size=N_ITEMS)
-    pop_z = _zscore(np.log(item_p))
-    return {
-        "item_ids": _sparse_ids(N_ITEMS, 5_000_000, 5_000, rng),
-        "item_p": item_p,
-        "item_category": category,
-        "item_log_price": cat_price[category] + 0.6 * rng.normal(size=N_ITEMS),
-        "item_age_mu": np.log(48.0) + 1.0 * rng.normal(size=N_ITEMS),
-        "item_click": 0.42 * quality + 0.1 * pop_z,
-        "item_cvr": 0.3 * quality + 0.4 * rng.normal(size=N_ITEMS),
-        "item_dwell": 0.25 * quality + 0.3 * rng.normal(size=N_ITEMS),
-        "item_vec": rng.normal(size=(N_ITEMS, LATENT_DIM)) / LATENT_DIM**0.25,
-    }
-
-
-def _context_tables(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Category, segment, hour and device tables."""
-    hours = np.arange(24)
-    diurnal = 1.0 + 0.8 * np.sin(2 * np.pi * (hours - 14) / 24) + 0.1 * rng.random(24)
-    return {
-        "cat_click": 0.4 * rng.normal(size=N_CATEGORIES),
-        "cat_cvr": 0.5 * rng.normal(size=N_CATEGORIES),
-        "seg_cat_click": 0.25 * rng.normal(size=(N_SEGMENTS, N_CATEGORIES)),
-        "seg_cvr": 0.4 * rng.normal(size=N_SEGMENTS),
-        "hour_p": diurnal / diurnal.sum(),
-        "hour_click": 0.25 * np.sin(2 * np.pi * (hours - 20) / 24) + 0.05 * rng.normal(size=24),
-        "device_click": np.array([0.1, 0.0, -0.25]),
-        "device_cvr": np.array([0.35, -0.1, 0.1]),
-    }
+_WORLD_TAG, _CALIBRATION_TAG, _ROWS_TAG, _LOGGER_TAG = 11, 23, 37, 41
 
 
 def _draw_requests(n_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +114,15 @@ def _draw_requests(n_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     return sizes, np.repeat(np.arange(n_requests, dtype=np.int64), sizes)
 
 
-def _draw_rows(world: _World, n_rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Draw requests, candidates and row-level covariates (no labels)."""
+def examination(position: np.ndarray) -> np.ndarray:
+    """(N,) probability that a user examines each 1-based position (the PBM's position effect)."""
+    return np.asarray(position, dtype=np.float64) ** -EXAMINATION_POWER
+
+
+def _draw_rows(world: World, n_rows: int, rng: np.random.Generator, temperature: float,
+               logger_rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw requests and candidates, order each request with the logging policy (Plackett-Luce
+    over logged_score / temperature, from `logger_rng`), and draw row-level covariates (no labels)."""
     sizes, req = _draw_requests(n_rows, rng)
     n_req = sizes.size
     user_r = rng.choice(N_USERS, n_req, p=world.user_p)
@@ -198,11 +132,13 @@ def _draw_rows(world: _World, n_rows: int, rng: np.random.Generator) -> dict[str
     user = user_r[req]
     item = rng.choice(N_ITEMS, n_rows, p=world.item_p)
     inter = np.einsum("ij,ij->i", world.user_vec[user], world.item_vec[item])
-    ranker = 0.3 * np.log(world.item_p[item] * N_ITEMS) + 0.5 * inter + rng.normal(size=n_rows)
-    order = np.lexsort((-ranker, req))
-    item, inter = item[order], inter[order]
+    logged = 0.3 * np.log(world.item_p[item] * N_ITEMS) + 0.5 * inter + LOGGER_NOISE * rng.normal(size=n_rows)
+    order = np.lexsort((sample_ranks(logged, req, temperature, logger_rng), req))
+    item, inter, logged = item[order], inter[order], logged[order]
     starts = np.cumsum(sizes) - sizes
     return {
+        "sizes": sizes,
+        "logged_score": logged,
         "request": req,
         "user": user,
         "device": device_r[req],
@@ -218,15 +154,16 @@ def _draw_rows(world: _World, n_rows: int, rng: np.random.Generator) -> dict[str
     }
 
 
-def _logits(world: _World, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """True click / convert-given-click logits and dwell log-means, per row."""
+def _logits(world: World, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """True attractiveness (click given examined) / convert-given-click logits and dwell log-means,
+    per row. None of them depends on the position."""
     u, i, inter = rows["user"], rows["item"], rows["inter"]
     cat, seg = world.item_category[i], world.user_segment[u]
     z_price = world.item_log_price[i] - LOG_PRICE_CENTER
     freshness = np.exp(-rows["age"] / 24.0)
     click = (world.user_click[u] + world.item_click[i] + world.cat_click[cat]
              + world.seg_cat_click[seg, cat] + world.device_click[rows["device"]]
-             + world.hour_click[rows["hour"]] - 0.3 * np.log(rows["position"])
+             + world.hour_click[rows["hour"]]
              + 0.35 * inter + 0.12 * np.maximum(inter, 0.0) ** 2
              - 0.15 * z_price - 0.2 * z_price**2 + 0.6 * freshness + world.click_bias)
     cvr = (world.user_cvr[u] + world.item_cvr[i] + world.cat_cvr[cat]
@@ -247,39 +184,49 @@ def _bisect(fn: Callable[[float], float], target: float, lo: float = -30.0,
     return 0.5 * (lo + hi)
 
 
-def _calibrate(world: _World, world_seed: int) -> _World:
-    """Set the label intercepts so the rates hit their targets on a fixed sample."""
+def _calibrate(world: World, world_seed: int) -> World:
+    """Set the label intercepts so the rates hit their targets on a fixed sample logged with the
+    default logging policy (the world does not depend on the temperature of a file)."""
     rng = np.random.default_rng([_CALIBRATION_TAG, world_seed])
-    logits = _logits(world, _draw_rows(world, CALIBRATION_ROWS, rng))
-    click_bias = _bisect(lambda b: float(_sigmoid(logits["click"] + b).mean()), CLICK_RATE)
-    p_click = _sigmoid(logits["click"] + click_bias)
-    cvr_bias = _bisect(lambda b: float((p_click * _sigmoid(logits["cvr"] + b)).mean()),
+    rows = _draw_rows(world, CALIBRATION_ROWS, rng, LOGGING_TEMPERATURE,
+                      np.random.default_rng([_CALIBRATION_TAG, _LOGGER_TAG, world_seed]))
+    logits, seen = _logits(world, rows), examination(rows["position"])
+    click_bias = _bisect(lambda b: float((seen * sigmoid(logits["click"] + b)).mean()), CLICK_RATE)
+    p_click = seen * sigmoid(logits["click"] + click_bias)
+    cvr_bias = _bisect(lambda b: float((p_click * sigmoid(logits["cvr"] + b)).mean()),
                        CONVERT_RATE)
     return replace(world, click_bias=click_bias, cvr_bias=cvr_bias)
 
 
-def _build_world(world_seed: int) -> _World:
-    """Build the hidden world (tables + calibrated intercepts) from ``world_seed``."""
+@lru_cache(maxsize=4)
+def _build_world(world_seed: int) -> World:
+    """Build the hidden world (tables + calibrated intercepts) from ``world_seed``. Cached: the
+    world is immutable (frozen, and no caller writes into its arrays)."""
     rng = np.random.default_rng([_WORLD_TAG, world_seed])
-    tables = {**_user_tables(rng), **_item_tables(rng), **_context_tables(rng)}
-    return _calibrate(_World(**tables), world_seed)  # type: ignore[arg-type]
+    tables = {**user_tables(rng), **item_tables(rng), **context_tables(rng)}
+    return _calibrate(World(**tables), world_seed)  # type: ignore[arg-type]
 
 
-def _simulate(n_rows: int, seed: int, world_seed: int) -> dict[str, Any]:
+def _simulate(n_rows: int, seed: int, world_seed: int, temperature: float) -> dict[str, Any]:
     """Draw rows and labels; return world, rows, logits, probabilities and labels."""
     if n_rows < 0:
         raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (inf: a uniformly random order), got {temperature}")
     world = _build_world(world_seed)
     rng = np.random.default_rng([_ROWS_TAG, world_seed, seed])
-    rows = _draw_rows(world, n_rows, rng)
+    rows = _draw_rows(world, n_rows, rng, temperature, np.random.default_rng([_LOGGER_TAG, world_seed, seed]))
     logits = _logits(world, rows)
-    p_click, p_cvr = _sigmoid(logits["click"]), _sigmoid(logits["cvr"])
+    attract, p_cvr = sigmoid(logits["click"]), sigmoid(logits["cvr"])
+    seen = examination(rows["position"])
+    p_click = seen * attract
     click = rng.random(n_rows) < p_click
     convert = click & (rng.random(n_rows) < p_cvr)
     log_dwell = np.where(click, logits["dwell1"], logits["dwell0"])
     dwell = np.exp(log_dwell + DWELL_SIGMA * rng.normal(size=n_rows))
-    return {"world": world, "rows": rows, "logits": logits, "p_click": p_click,
-            "p_cvr": p_cvr, "click": click, "convert": convert, "dwell": dwell}
+    return {"world": world, "rows": rows, "logits": logits, "p_click": p_click, "attract": attract,
+            "examination": seen, "p_cvr": p_cvr, "click": click, "convert": convert, "dwell": dwell,
+            "temperature": temperature}
 
 
 def _strings(prefix_or_names: str | tuple[str, ...], n: int, idx: np.ndarray) -> pa.Array:
@@ -317,22 +264,39 @@ def _to_table(sim: dict[str, Any]) -> pa.Table:
         "click": sim["click"].astype(np.int8),
         "dwell": sim["dwell"].astype(np.float32),
         "convert": sim["convert"].astype(np.int8),
+        **_logging_columns(sim),
     }
     return pa.table(columns)
 
 
-def make_feed(n_rows: int, seed: int = 0, world_seed: int = 2024) -> pa.Table:
+def _logging_columns(sim: dict[str, Any]) -> dict[str, np.ndarray]:
+    """logged_score, propensity (exact PL marginal of the row's item at its position),
+    examination and exam_propensity (sum_p P(item at p) * examination(p))."""
+    rows = sim["rows"]
+    logged = rows["logged_score"]
+    curve = examination(np.arange(1, REQUEST_MAX + 1))
+    propensity, exam_propensity = position_marginals(logged, rows["sizes"], sim["temperature"],
+                                                     rows["position"], curve)
+    return {"logged_score": logged.astype(np.float32), "propensity": propensity,
+            "examination": sim["examination"], "exam_propensity": exam_propensity}
+
+
+def make_feed(n_rows: int, seed: int = 0, world_seed: int = 2024,
+              temperature: float = LOGGING_TEMPERATURE) -> pa.Table:
     """Generate ``n_rows`` synthetic feed impressions (see module docstring).
 
     Args:
         n_rows: exact number of rows (>= 0).
         seed: non-negative seed of the row stream (different files, one world).
         world_seed: non-negative seed of the hidden world.
+        temperature: the logging policy's Plackett-Luce temperature (> 0; ``math.inf``: every
+            request in a uniformly random order, a position-randomised slice). The same seed with
+            another temperature gives the same requests and candidates in another order.
 
     Returns:
         A ``pyarrow.Table`` with the columns listed in the module docstring.
     """
-    return _to_table(_simulate(n_rows, seed, world_seed))
+    return _to_table(_simulate(n_rows, seed, world_seed, temperature))
 
 
 def _expected_log1p(mu: np.ndarray, sigma: float, n_nodes: int = 24) -> np.ndarray:
@@ -342,16 +306,20 @@ def _expected_log1p(mu: np.ndarray, sigma: float, n_nodes: int = 24) -> np.ndarr
     return values @ (weights / weights.sum())
 
 
-def feed_oracle(n_rows: int, seed: int = 0, world_seed: int = 2024) -> dict[str, np.ndarray]:
-    """Ground-truth expectations for the rows of ``make_feed(n_rows, seed, world_seed)``.
+def feed_oracle(n_rows: int, seed: int = 0, world_seed: int = 2024,
+                temperature: float = LOGGING_TEMPERATURE) -> dict[str, np.ndarray]:
+    """Ground-truth expectations for the rows of ``make_feed(n_rows, seed, world_seed, temperature)``.
 
     Returns:
-        ``p_click``: P(click | features); ``p_convert``: P(convert | features)
-        (unconditional on click); ``p_convert_given_click``: P(convert | click,
-        features); ``dwell_log1p_mean``: E[log1p(dwell) | features].  All float64
+        At the row's logged position: ``p_click``: P(click | features); ``p_convert``:
+        P(convert | features) (unconditional on click); ``p_convert_given_click``:
+        P(convert | click, features); ``dwell_log1p_mean``: E[log1p(dwell) | features].
+        Position-free: ``p_click_examined``: P(click | examined, features), the
+        attractiveness; ``dwell_given_click_mean``: E[dwell | click, features]; and
+        ``examination``: the examination probability of the row's position. All float64
         arrays of length ``n_rows``, aligned with the table rows.
     """
-    sim = _simulate(n_rows, seed, world_seed)
+    sim = _simulate(n_rows, seed, world_seed, temperature)
     p_click, p_cvr, logits = sim["p_click"], sim["p_cvr"], sim["logits"]
     dwell0 = _expected_log1p(logits["dwell0"], DWELL_SIGMA)
     dwell1 = _expected_log1p(logits["dwell1"], DWELL_SIGMA)
@@ -360,4 +328,30 @@ def feed_oracle(n_rows: int, seed: int = 0, world_seed: int = 2024) -> dict[str,
         "p_convert": p_click * p_cvr,
         "p_convert_given_click": p_cvr,
         "dwell_log1p_mean": p_click * dwell1 + (1.0 - p_click) * dwell0,
+        "p_click_examined": sim["attract"],
+        "examination": sim["examination"],
+        "dwell_given_click_mean": np.exp(logits["dwell1"] + 0.5 * DWELL_SIGMA**2),
     }
+
+
+def feed_policy_value(oracle: dict[str, np.ndarray], request_id: np.ndarray, ranks: np.ndarray,
+                      k: int) -> dict[str, float]:
+    """The true expected KPIs@k of a deterministic ranking of the rows of an oracle's file.
+
+    ranks: (N,) the target ranking's 1-based rank of each row within its request (the rows of
+    ``request_id``, aligned with the oracle). Under the PBM the item at rank j <= k is examined
+    with probability examination(j), whatever the logger did, so per request
+
+        click@k   = sum_{j <= k} examination(j) * p_click_examined(item at j)
+        convert@k = sum_{j <= k} examination(j) * p_click_examined * P(convert | click)
+        dwell@k   = sum_{j <= k} examination(j) * p_click_examined * E[dwell | click]
+
+    (dwell after clicks, in seconds), each averaged over the requests.
+    """
+    ranks = np.asarray(ranks)
+    top = ranks <= k
+    gain = np.where(top, examination(np.where(top, ranks, 1)), 0.0) * oracle["p_click_examined"]
+    requests = np.unique(np.asarray(request_id)).size
+    per_kpi = {"click": gain, "convert": gain * oracle["p_convert_given_click"],
+               "dwell": gain * oracle["dwell_given_click_mean"]}
+    return {f"{name}@{k}": float(values.sum() / max(requests, 1)) for name, values in per_kpi.items()}

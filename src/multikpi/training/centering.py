@@ -40,7 +40,7 @@ def binary_offset(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -
 def fit_centering(model: MultiTaskModel, data: EncodedData, encoder: FeatureEncoder, batch_size: int,
                   precision: torch.dtype | None) -> tuple[dict[str, float], dict[str, float]]:
     """(task -> output offset, task -> smearing factor) fitted on `data`'s labelled rows."""
-    outputs = model_outputs(model, data, batch_size, precision)
+    outputs = model_outputs(model, data, batch_size, precision, at_logged_position=True)  # what the labels saw
     labels = data.labels.numpy().astype(np.float64)
     weights = data.weights.numpy().astype(np.float64) if data.weights is not None else np.ones(data.num_rows)
     offsets, smearing = {}, {}

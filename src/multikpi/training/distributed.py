@@ -197,6 +197,11 @@ def data_parallel(training: MultiTaskTraining, context: DistContext) -> Training
     averaged gradients."""
     if not context.active:
         return training
+    if training.model.embeddings.sparse:
+        raise ConfigError(["`optim.groups.embeddings.name` lazy_adam / rowwise_adagrad / sparse_sgd update the "
+                           "embedding table outside autograd, which DistributedDataParallel does not synchronise; "
+                           "under torchrun use a dense optimizer (adam, adamw, sgd, adagrad) for the embeddings"],
+                          source="distributed")
     training.loss_reduction = GlobalTaskLosses(context.world_size)
     if isinstance(training.combiner, GradNorm):
         training.combiner.average_gradient = all_reduce_mean

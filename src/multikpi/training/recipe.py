@@ -97,27 +97,30 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
         context.on_writer(check)
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
-    precision = resolve_precision(config.train.precision, device)
     started = time.perf_counter()
     data = load_training_data(config, context)  # in memory, streamed, or sharded (training/data_plan.py)
     encoder, splits, source, batch_size = data.encoder, data.splits, data.source, data.batch_size
-    logger.info("data: %d train rows (%s%s), %d vocabulary rows, %d dense inputs (%.1fs); %s, %s; batch size %d",
+    logger.info("data: %d train rows (%s%s), %d vocabulary rows, %d dense inputs (%.1fs); %s; batch size %d",
                 source.num_rows, data.mode, f", {context.world_size} processes" if context.active else "",
                 sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started, device,
-                "bf16 autocast" if precision is not None else "fp32", batch_size)
+                batch_size)
     log_vocabulary(encoder, splits.get("valid"))
 
     copies = len(config.tasks) if ARCHITECTURES[config.model.arch].embedding_copies_per_task else 1
     check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
     training = build_training(config, encoder).to(device)
     model = training.model
-    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source))
+    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
+    # `auto` times the model's GEMMs: rank 0 decides for every rank (they must train alike)
+    precision = context.broadcast(context.on_writer(
+        lambda: resolve_precision(config.train.precision, device, model, batch_size, "train")))
+    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source),
+                                  model.embeddings)
     selection = Selection(parse_monitor(config), config.train.patience) if "valid" in data.evals else None
     context.on_writer(workspace.start)  # the first write: a run that failed on its inputs left nothing behind
     state = _start_or_resume(run_dir, config, resume, training, optimizers, selection, fingerprint, context)
     scalars = ScalarLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard and context.is_writer,
                         fresh=not resume)  # no-op when off
-    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
 
     stepper = data_parallel(training, context)  # the training module itself, or under DDP its wrapper
     _loop(config, run_dir, state, training, stepper, optimizers, data, precision, selection, scalars, context)
@@ -261,11 +264,13 @@ def _center(training: MultiTaskTraining, encoder: FeatureEncoder, scored: dict[s
 
 
 def _concat(parts: list[EncodedData]) -> EncodedData:
-    weights = None
-    if all(p.weights is not None for p in parts):
-        weights = torch.cat([p.weights for p in parts if p.weights is not None])
+    def joined(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        present = [t for t in tensors if t is not None]
+        return torch.cat(present) if len(present) == len(tensors) else None
+
     return EncodedData(torch.cat([p.categorical for p in parts]), torch.cat([p.dense for p in parts]),
-                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights)
+                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights=joined([p.weights for p in parts]),
+                       position=joined([p.position for p in parts]))
 
 
 def _summarize(metrics: RunMetrics, state: LoopState, training: MultiTaskTraining, source: BatchSource,

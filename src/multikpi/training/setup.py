@@ -33,7 +33,8 @@ def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
     """The config's input columns and each task's label, as the data layer's plain specs."""
     data = config.data
     columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
-                         data.weight, data.numeric_bins, data.max_vocab, data.hash_buckets)
+                         data.weight, data.numeric_bins, data.position, max_vocab=data.max_vocab,
+                         hash_buckets=data.hash_buckets)
     labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power)
               for name, task in config.tasks.items()}
     return columns, labels
@@ -43,7 +44,8 @@ def needed_columns(config: RunConfig, with_labels: bool = True) -> list[str]:
     """The input columns of `config`, then (when `with_labels`) the label columns."""
     columns = list(config.data.categorical) + list(config.data.dense)
     if with_labels:
-        columns += [t.label for t in config.tasks.values()] + ([config.data.weight] if config.data.weight else [])
+        columns += [t.label for t in config.tasks.values()]
+        columns += [c for c in (config.data.weight, config.data.position) if c]
     return list(dict.fromkeys(columns))
 
 

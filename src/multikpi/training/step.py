@@ -6,6 +6,7 @@ import torch
 from multikpi.data.batches import Batch
 from multikpi.errors import TrainingError
 from multikpi.optim.build import OptimizerSet
+from multikpi.optim.sparse import clip_grad_norm
 from multikpi.training.module import StepOutput, TrainingModule
 
 
@@ -25,8 +26,8 @@ def train_step(training: TrainingModule, optimizers: OptimizerSet, batch: Batch,
     check_finite(result.losses, result.total, step)
     optimizers.zero_grad()
     result.total.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(training.model.parameters(), grad_clip)
+    if grad_clip is not None:  # the global norm includes a row-sparse table's gradient rows
+        clip_grad_norm(training.model.parameters(), training.model.embeddings, grad_clip)
     optimizers.step()
     return result
 
