@@ -186,15 +186,20 @@ class StreamingSource:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _interval(self, order: EpochOrder, bounds: np.ndarray, j: int, epoch: int, skip: int, empty: EncodedData,
-                  pool: ThreadPoolExecutor) -> _BufferedInterval:
+    def _buffer(self, order: EpochOrder, bounds: np.ndarray, j: int, epoch: int) -> ShuffleBuffer:
+        """Interval j's shuffle buffer at the start of `epoch` (positions only, no rows)."""
         start, end = int(bounds[j]), int(bounds[j + 1])
         per_step = math.ceil((end - start) / self.steps_per_epoch) if end > start else 0
         capacity = max(self.shuffle_buffer // self.shards, per_step, 1)
         rng = np.random.default_rng(interval_seed(self.seed, epoch, j))
-        buffer = ShuffleBuffer(start, end, capacity, self.steps_per_epoch, rng)
+        return ShuffleBuffer(start, end, capacity, self.steps_per_epoch, rng)
+
+    def _interval(self, order: EpochOrder, bounds: np.ndarray, j: int, epoch: int, skip: int, empty: EncodedData,
+                  pool: ThreadPoolExecutor) -> _BufferedInterval:
+        end = int(bounds[j + 1])
+        buffer = self._buffer(order, bounds, j, epoch)
         if skip == 0:
-            incoming = _Incoming(_Prefetched(self._pieces(order, start, end), pool))
+            incoming = _Incoming(_Prefetched(self._pieces(order, int(bounds[j]), end), pool))
             slots = incoming.take(buffer.positions.size, empty)
         else:
             for step in range(skip):
@@ -202,6 +207,23 @@ class StreamingSource:
             slots = rows_at(self.reader, order, buffer.positions)
             incoming = _Incoming(_Prefetched(self._pieces(order, buffer.next_position, end), pool))
         return _BufferedInterval(buffer, slots, incoming, empty)
+
+    def epoch_rows(self, epoch: int) -> Iterator[np.ndarray]:
+        """The rows of each batch of `epoch`, as indices of the training rows in canonical order
+        (files sorted by path, rows in file order; only the training side of a hold-out counted),
+        in the order `epoch` yields them. Bookkeeping only: no row is read."""
+        order = EpochOrder.of(self.chunk_rows, self.seed, epoch)
+        bounds = interval_bounds(self.num_rows, self.shards)
+        first_row = np.concatenate([[0], np.cumsum(self.chunk_rows)])
+        buffers = [self._buffer(order, bounds, j, epoch) for j in self.intervals]
+        for step in range(self.steps_per_epoch):
+            drawn = []
+            for buffer in buffers:
+                before = buffer.positions.copy()
+                slots, _, _ = buffer.advance(step)
+                drawn.append(before[slots])
+            chunks, offsets = order.locate(np.concatenate(drawn).astype(np.int64))
+            yield first_row[chunks] + offsets
 
     def _pieces(self, order: EpochOrder, start: int, end: int) -> Iterator[EncodedData]:
         for chunk, first, last in order.spans(start, end):
