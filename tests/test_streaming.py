@@ -232,7 +232,7 @@ def _kill_after_checkpoint(cmd: list[str], run_dir: Path, min_steps: int) -> Non
                 break
             time.sleep(0.005)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the whole group: torchrun and its workers
+        os.killpg(process.pid, signal.SIGKILL)  # its session: the training process
         process.wait()
     assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
 
