@@ -285,3 +285,22 @@ def test_changed_dataset_is_refused_on_resume(dataset_dir, tmp_path):
     pq.write_table(make_feed(10, seed=9), root / "part-9.parquet")
     with pytest.raises(ArtifactError, match="data"):
         train(config, out_dir=config["out_dir"], resume=True)
+
+
+def test_row_sparse_embedding_optimizers_are_refused_under_ddp(tiny_config):
+    """Checked before DistributedDataParallel is built: no process group is needed to see it."""
+    from multikpi.config.load import config_from_dict
+    from multikpi.errors import ConfigError
+    from multikpi.optim.build import build_optimizers
+    from multikpi.optim.param_groups import build_param_groups
+    from multikpi.training.distributed import DistContext, data_parallel
+    from multikpi.training.module import build_training
+    from multikpi.training.setup import load_splits
+
+    tiny_config["optim"] = {"groups": {"embeddings": {"name": "rowwise_adagrad", "lr": 0.05}}}
+    config = config_from_dict(tiny_config, source="test")
+    encoder, _ = load_splits(config)
+    training = build_training(config, encoder)
+    build_optimizers(build_param_groups(config, training.model, training.combiner), 10, training.model.embeddings)
+    with pytest.raises(ConfigError, match=r"lazy_adam / rowwise_adagrad / sparse_sgd .* under torchrun use a dense"):
+        data_parallel(training, DistContext(rank=0, world_size=2))

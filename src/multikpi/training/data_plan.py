@@ -290,6 +290,7 @@ def log_vocabulary(encoder: FeatureEncoder, valid: EncodedData | None) -> None:
         if oov is not None:
             parts.append(f"valid OOV {oov[i]:.2%}")
         if "hash_collision_rate" in stats:
-            parts.append(f"{int(stats['hash_buckets']):,} hash buckets, collisions {stats['hash_collision_rate']:.2%} "
-                         f"of hashed rows")
+            rate = stats["hash_collision_rate"]
+            parts.append(f"{int(stats['hash_buckets']):,} hash buckets, " + (
+                "no train id hashed" if math.isnan(rate) else f"collisions {rate:.2%} of hashed rows"))
         logger.info(", ".join(parts))
