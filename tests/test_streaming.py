@@ -304,3 +304,20 @@ def test_row_sparse_embedding_optimizers_are_refused_under_ddp(tiny_config):
     build_optimizers(build_param_groups(config, training.model, training.combiner), 10, training.model.embeddings)
     with pytest.raises(ConfigError, match=r"lazy_adam / rowwise_adagrad / sparse_sgd .* under torchrun use a dense"):
         data_parallel(training, DistContext(rank=0, world_size=2))
+
+
+def test_streaming_auto_streams_only_when_the_in_memory_estimate_exceeds_half_the_memory(dataset_dir, tmp_path,
+                                                                                       monkeypatch):
+    from multikpi.config.load import config_from_dict
+    from multikpi.training import data_plan
+    from multikpi.training.distributed import DistContext
+
+    config = config_from_dict(_config(dataset_dir, tmp_path, streaming="auto"))
+    estimate = data_plan._in_memory_bytes(config)
+    assert 6000 * 4 * (4 + 2 * 3 + 2) * 2 < estimate < 50 * 2**20  # the encoded rows twice, plus decoded columns
+    monkeypatch.setattr(data_plan, "available_bytes", lambda: 2 * estimate + 1)
+    assert not data_plan.wants_streaming(config, DistContext())
+    monkeypatch.setattr(data_plan, "available_bytes", lambda: 2 * estimate - 1)
+    assert data_plan.wants_streaming(config, DistContext())
+    on, off = (config_from_dict(_config(dataset_dir, tmp_path, streaming=s)) for s in ("on", "off"))
+    assert data_plan.wants_streaming(on, DistContext()) and not data_plan.wants_streaming(off, DistContext())
