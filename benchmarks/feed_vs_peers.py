@@ -33,6 +33,35 @@ PEERS = {
 }
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
+
+
+def machine() -> dict:
+    """The CPU model, the ISA flags that decide bf16 speed, the core count and the torch version."""
+    import platform
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    import os
+
+    return {"cpu": model, "isa": {flag: flag in flags for flag in ISA_FLAGS}, "cores": os.cpu_count(),
+            "torch": torch.__version__}
+
+
+def machine_line(info: dict) -> str:
+    isa = ", ".join(f"{flag} {'yes' if on else 'no'}" for flag, on in info["isa"].items())
+    return f"Machine: {info['cpu']}, {info['cores']} cores; {isa}; torch {info['torch']}."
+
+
 def flops_per_example(model: str) -> float:
     return 3 * 2 * sum(i * o for i, o in LAYERS[model])
 
@@ -103,7 +132,9 @@ def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
                 "load_encode_s": mine[0].get("load_encode_s", mine[0].get("preprocess_s")),
                 "auc_click": mine[0]["auc_click"], "auc_convert": mine[0]["auc_convert"],
-                "corr_dwell": mine[0].get("corr_dwell")}
+                "corr_dwell": mine[0].get("corr_dwell"),
+                "precision": (f"{mine[0]['train_precision']} / {mine[0]['predict_precision']}"
+                              if "train_precision" in mine[0] else "fp32")}
         speed = statistics.median(line["train_ex_per_s"])
         line["flop_bound_pct"] = 100 * speed * flops_per_example(model) / (peak_gflops * 1e9)
         for peer in ("deepctr", "rechub"):
@@ -116,10 +147,11 @@ def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], peak_gflops: float) -> str:
+def markdown(table: list[dict], peak_gflops: float, info: dict) -> str:
     head = ("| system | model | train ex/s (runs) | × DeepCTR | × rechub | % fp32 FLOP bound | peak RSS MB "
-            "| load+encode s | predict rows/s | predict × DeepCTR | AUC click | AUC convert | dwell corr |")
-    lines = [head, "|" + "---|" * 13]
+            "| load+encode s | predict rows/s | predict × DeepCTR | AUC click | AUC convert | dwell corr "
+            "| precision train / predict |")
+    lines = [head, "|" + "---|" * 14]
     for t in table:
         runs = " / ".join(f"{v:,.0f}" for v in t["train_ex_per_s"])
         ratio = lambda key, t=t: f"{t[key]:.2f}" if key in t else "—"  # noqa: E731
@@ -127,8 +159,9 @@ def markdown(table: list[dict], peak_gflops: float) -> str:
             f"| {t['system']} | {t['model']} | {runs} | {ratio('train_ratio_deepctr')} | {ratio('train_ratio_rechub')} "
             f"| {t['flop_bound_pct']:.0f}% | {t['peak_rss_mb']:,.0f} | {t['load_encode_s']} "
             f"| {statistics.median(t['predict_rows_per_s']):,.0f} | {ratio('predict_ratio_deepctr')} "
-            f"| {t['auc_click']:.4f} | {t['auc_convert']:.4f} | {t['corr_dwell']} |")
-    lines.append(f"\nfp32 matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s (2 threads).")
+            f"| {t['auc_click']:.4f} | {t['auc_convert']:.4f} | {t['corr_dwell']} | {t.get('precision', 'fp32')} |")
+    lines.append(f"\nfp32 matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s (2 threads). "
+                 f"{machine_line(info)}")
     return "\n".join(lines)
 
 
@@ -185,10 +218,11 @@ def main() -> None:
         rows = run_all(args, train, test)
     table = merged("table", summarize(rows, peak), args.models)
     rows = merged("runs", rows, args.models)
-    text = markdown(table, peak)
+    info = machine()
+    text = markdown(table, peak, info)
     print(text)
-    (RESULTS / "feed_vs_peers.json").write_text(json.dumps({"peak_gflops": peak, "runs": rows, "table": table},
-                                                           indent=1))
+    (RESULTS / "feed_vs_peers.json").write_text(json.dumps({"peak_gflops": peak, "machine": info, "runs": rows,
+                                                            "table": table}, indent=1))
     write_doc(ROOT / "docs/benchmarks.md", text)
 
 

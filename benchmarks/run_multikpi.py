@@ -39,8 +39,14 @@ def time_load_encode(config) -> float:
     return time.perf_counter() - started
 
 
-def time_predict(run, test_path: str, batch: int) -> tuple[float, float]:
-    """(model-only rows/s on encoded test rows at `batch`, end-to-end rows/s from the Parquet file)."""
+def embeddings_optimizer(config) -> str:
+    group = config.optim.groups.get("embeddings")
+    return group.name if group is not None and group.name else config.optim.default.name
+
+
+def time_predict(run, test_path: str, batch: int) -> tuple[float, float, str]:
+    """(model-only rows/s on encoded test rows at `batch`, end-to-end rows/s from the Parquet file,
+    the precision the inference probe chose)."""
     predictor = predictor_of(run)
     encoded = predictor.encoder.encode(read_table(test_path, needed_columns(run.config)), with_labels=False)
     precision = predictor.precision  # decided by the inference probe, as predict and serving do
@@ -50,7 +56,8 @@ def time_predict(run, test_path: str, batch: int) -> tuple[float, float]:
     model_rows = encoded.num_rows / (time.perf_counter() - started)
     started = time.perf_counter()
     predictor.predict(test_path, keep=[])
-    return model_rows, encoded.num_rows / (time.perf_counter() - started)
+    chosen = "bf16" if precision is torch.bfloat16 else "fp32"
+    return model_rows, encoded.num_rows / (time.perf_counter() - started), chosen
 
 
 def main() -> None:
@@ -64,8 +71,10 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    overrides = [f"data.train={args.train}", f"data.test={args.test}", "data.valid=null",
-                 f"train.threads={args.threads}", "train.progress=off", *MODELS[args.model], *args.overrides]
+    # As the peers: one epoch over all 1M training rows (no held-out valid split), batch 4096.
+    overrides = [f"data.train={args.train}", f"data.test={args.test}", "data.valid=null", "data.valid_fraction=0",
+                 "train.epochs=1", f"train.threads={args.threads}", "train.progress=off", *MODELS[args.model],
+                 *args.overrides]
     config = load_config(args.config, overrides)
     torch.set_num_threads(args.threads)
     _use_returning_allocator()  # as the `multikpi` command does
@@ -74,12 +83,14 @@ def main() -> None:
     train_wall = time.perf_counter() - started
     train_peak_rss = peak_rss_mb()  # the training process's peak; the timings below come after it
     load_s = time_load_encode(config)
-    model_rows, e2e_rows = time_predict(run, args.test, args.predict_batch)
+    model_rows, e2e_rows, predict_precision = time_predict(run, args.test, args.predict_batch)
     test = run.metrics.splits["test"]
     result = {
         "system": "multikpi", "model": args.model, "tasks": list(config.tasks), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "precision": config.train.precision, "load_encode_s": round(load_s, 3),
+        "precision": config.train.precision, "train_precision": run.metrics.training["precision"],
+        "predict_precision": predict_precision, "numeric_bins": config.data.numeric_bins,
+        "embeddings_optimizer": embeddings_optimizer(config), "load_encode_s": round(load_s, 3),
         "train_ex_per_s": round(run.metrics.timing["train_examples_per_second"], 1),
         "train_wall_s": round(train_wall, 2), "peak_rss_mb": round(train_peak_rss, 1),
         "peak_rss_with_timings_mb": round(peak_rss_mb(), 1),

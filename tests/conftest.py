@@ -30,7 +30,8 @@ TINY_CONFIG = {
         "convert": {"kind": "binary", "label": "convert"},
     },
     "model": {"embedding_dim": 4, "shared": [32, 16], "tower": [8]},
-    "train": {"epochs": 1, "batch_size": 512, "seed": 0, "threads": 1, "progress": "off"},
+    # fp32: the precision probe (tests/test_precision.py) would pick by timing, which varies by machine
+    "train": {"epochs": 1, "batch_size": 512, "seed": 0, "threads": 1, "progress": "off", "precision": "fp32"},
 }
 
 

@@ -10,7 +10,7 @@ import torch
 from model_fixtures import build_all, first_batch
 from multikpi.losses import task_losses
 from multikpi.models.architectures import SeparateNets, SharedBottom
-from multikpi.models.experts import PLE, BatchedLinear, ExpertBank, Gate, MMoE
+from multikpi.models.experts import PLE, BatchedLinear, ExpertBank, Gate, GateBank, MMoE
 from multikpi.optim import build_optimizers, build_param_groups
 
 ARCHS = {
@@ -177,7 +177,61 @@ def test_ple_levels_chain_shared_and_task_experts(tiny_config):
     ple = model.shared
     assert len(ple.experts) == 2 and "shared" in ple.gates[0] and "shared" not in ple.gates[1]
     assert ple.gates[0]["shared"].out.out_features == 3 * 2 + 2  # every expert of the level
-    assert ple.experts[1]["specific"]["click"].layers[0].weight.shape[1] == ple.experts[0]["shared"].out_dim
+    assert ple.experts[1]["specific"].layers[0].weight.shape[1] == ple.experts[0]["shared"].out_dim
+    assert ple.experts[1]["specific"].num_experts == 3 * 2  # T tasks x K task-specific experts, one bank
+
+
+def _linear_gate(bank: GateBank, g: int, inputs: torch.Tensor) -> torch.Tensor:
+    """Gate g of a bank written out as the papers' formula, softmax(W_g x + b_g), layer by layer."""
+    hidden = inputs
+    for i, layer in enumerate(bank.layers):
+        hidden = hidden @ layer.weight[g] + layer.bias[g]
+        hidden = torch.relu(hidden) if i < len(bank.layers) - 1 else hidden
+    return torch.softmax(hidden, dim=-1)
+
+
+def _expert(bank: ExpertBank, e: int, inputs: torch.Tensor) -> torch.Tensor:
+    """Expert e of a bank as its own MLP."""
+    hidden = inputs
+    for layer in bank.layers:
+        hidden = torch.relu(hidden @ layer.weight[e] + layer.bias[e])
+    return hidden
+
+
+def test_fused_mmoe_equals_the_papers_per_task_sum(tiny_config):
+    """f^t(x) = Σ_e softmax(W_t x)_e f_e(x) (Ma et al. 2018, eq. 5-6), one task and expert at a time."""
+    tiny_config["model"]["gate_hidden"] = [5]
+    _, _, data, model, _ = build_all(_config(tiny_config, "mmoe"))
+    mmoe = model.shared
+    x = torch.randn(9, model.embeddings.out_dim + data.dense.shape[1])
+    fused = mmoe(x)
+    for t, task in enumerate(TASKS):
+        gate = _linear_gate(mmoe.gates, t, x)
+        expected = sum(gate[:, e:e + 1] * _expert(mmoe.experts, e, x) for e in range(3))
+        assert torch.allclose(fused[task], expected, atol=1e-5), task
+
+
+def test_fused_ple_equals_the_papers_per_task_levels(tiny_config):
+    """CGC levels (Tang et al. 2020, eq. 2-5) written with one loop per task and expert."""
+    _, _, data, model, _ = build_all(_config(tiny_config, "ple"))
+    ple, k = model.shared, 2
+    x = torch.randn(6, model.embeddings.out_dim + data.dense.shape[1])
+    task_in, shared_in = {t: x for t in TASKS}, x
+    for experts, gates in zip(ple.experts, ple.gates):
+        shared = [_expert(experts["shared"], s, shared_in) for s in range(2)]
+        own = {t: [_expert(experts["specific"], i * k + j, task_in[t]) for j in range(k)] for i, t in enumerate(TASKS)}
+        outputs = {}
+        for i, t in enumerate(TASKS):
+            w = _linear_gate(gates["tasks"], i, task_in[t])
+            outputs[t] = sum(w[:, e:e + 1] * h for e, h in enumerate(own[t] + shared))
+        if "shared" in gates:
+            w = gates["shared"](shared_in)
+            pool = [h for t in TASKS for h in own[t]] + shared
+            shared_in = sum(w[:, e:e + 1] * h for e, h in enumerate(pool))
+        task_in = outputs
+    fused = ple(x)
+    for task in TASKS:
+        assert torch.allclose(fused[task], task_in[task], atol=1e-5), task
 
 
 def test_batched_experts_equal_separate_linear_layers():
@@ -192,7 +246,7 @@ def test_batched_experts_equal_separate_linear_layers():
     assert torch.allclose(out[:, 1], per_expert[:, 1] @ layer.weight[1] + layer.bias[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("module", [SharedBottom, SeparateNets, MMoE, PLE, BatchedLinear, ExpertBank, Gate])
+@pytest.mark.parametrize("module", [SharedBottom, SeparateNets, MMoE, PLE, BatchedLinear, ExpertBank, Gate, GateBank])
 def test_module_constructors_take_at_most_five_arguments(module):
     params = [p for p in inspect.signature(module.__init__).parameters if p != "self"]
     assert len(params) <= 5, params

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -99,3 +100,31 @@ def test_predict_raw_skips_calibration(tmp_path, tiny_config):
     expected = Predictor.load(run.run_dir).predict(test_file, calibrated=False).column("click").to_numpy()
     assert np.array_equal(raw, expected)
     assert not np.allclose(raw, pq.read_table(calibrated_out).column("click").to_numpy())
+
+
+def test_evaluate_on_a_file_with_some_labels_evaluates_those_and_names_the_skipped(tmp_path, tiny_config, feed_files,
+                                                                                    capsys, caplog):
+    from multikpi import evaluate, train
+
+    run = train(tiny_config)
+    full = evaluate(run.run_dir, feed_files["valid"])
+    partial = tmp_path / "no_dwell.parquet"
+    table = pq.read_table(feed_files["valid"])
+    pq.write_table(table.drop_columns(["dwell"]), partial)
+    assert main(["evaluate", str(run.run_dir), str(partial), "--json", str(tmp_path / "m.json")]) == 0
+    assert f"skipped task 'dwell': {partial} has no column 'dwell'" in caplog.text
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert list(metrics) == ["click", "convert"]
+    for task in metrics:  # the same numbers as on the full file
+        assert metrics[task]["auc"] == pytest.approx(full[task]["auc"], abs=1e-12)
+
+    null_convert = tmp_path / "null_convert.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("convert"), "convert",
+                                    pa.nulls(table.num_rows, pa.float64())), null_convert)
+    assert main(["evaluate", str(run.run_dir), str(null_convert)]) == 0
+    assert f"skipped task 'convert': every 'convert' label in {null_convert} is null" in caplog.text
+
+    labels_gone = tmp_path / "inputs_only.parquet"
+    pq.write_table(table.drop_columns(["click", "dwell", "convert"]), labels_gone)
+    assert main(["evaluate", str(run.run_dir), str(labels_gone)]) == 2
+    assert "has none of the label columns ['click', 'dwell', 'convert']: evaluate needs labels" in capsys.readouterr().err

@@ -7,6 +7,8 @@ import json
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -177,3 +179,78 @@ def test_python_rank_matches_the_cli(run_dir, feed_files, tmp_path):
     table = rank(run_dir, feed_files["test"], "request_id", top_k=3, score="click * convert^0.5")
     assert table.equals(pq.read_table(out))
     assert int(np.sum(table.column("in_top_k").to_numpy(zero_copy_only=False))) > 0
+
+
+def test_rank_metrics_use_evaluate_s_rows_and_write_strict_json(feed_files, tiny_config, tmp_path):
+    """A `train_on` task is scored on its parent's positives, as evaluate does; NaN metrics are null."""
+    tiny_config["tasks"]["convert"]["train_on"] = "click"
+    run_dir = train(tiny_config).run_dir
+    metrics_path, out = tmp_path / "m.json", tmp_path / "r.parquet"
+    args = ["rank", str(run_dir), "DATA", "--group", "request_id", "--out", str(out), "--score", "click * convert",
+            "--top-k", "3", "--metrics", str(metrics_path)]
+    assert main([str(feed_files["valid"]) if a == "DATA" else a for a in args]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    table = pq.read_table(feed_files["valid"])
+    estimates = Predictor.load(run_dir).predict(table, keep=[])
+    scores = estimates.column("click").to_numpy() * estimates.column("convert").to_numpy()
+    click = table.column("click").to_numpy().astype(float)
+    labels = {"click": click, "dwell": table.column("dwell").to_numpy().astype(float),
+              "convert": np.where(click == 1, table.column("convert").to_numpy().astype(float), np.nan)}
+    kinds = {"click": "binary", "dwell": "regression", "convert": "binary"}
+    expected = ranking_metrics(rank_groups(table.column("request_id").to_numpy(), scores), scores, labels, kinds, 3)
+    assert metrics["gauc_convert"] == pytest.approx(expected["gauc_convert"])
+    assert metrics["skipped_gauc_convert"] == expected["skipped_gauc_convert"]
+
+    unclicked = tmp_path / "unclicked.parquet"  # no click at all: every click / convert gAUC is NaN
+    pq.write_table(table.filter(pc.equal(table.column("click"), 0)), unclicked)
+    out.unlink()
+    metrics_path.unlink()
+    assert main([str(unclicked) if a == "DATA" else a for a in args]) == 0
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    metrics = json.loads(metrics_path.read_text(), parse_constant=refuse)
+    assert metrics["gauc_click"] is None and metrics["gauc_convert"] is None and metrics["ndcg_click@3"] is None
+
+
+def test_rank_null_groups_are_an_error_their_own_group_or_dropped(run_dir, feed_files, tmp_path, capsys):
+    table = pq.read_table(feed_files["test"])
+    groups = table.column("request_id").to_numpy().astype(object)
+    groups[:7] = None  # seven rows of unknown request
+    data = tmp_path / "nulls.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("request_id"), "request_id",
+                                    pa.array(groups.tolist(), pa.int64())), data)
+    out = tmp_path / "r.parquet"
+    base = ["rank", str(run_dir), str(data), "--group", "request_id", "--out", str(out)]
+    assert main(base) == 2
+    assert "has 7 null value(s); every row needs a group (--null-group own ranks them as one group" in _error_line(capsys)
+    assert not out.exists()
+
+    assert main(base + ["--null-group", "drop"]) == 0
+    dropped = pq.read_table(out)
+    assert dropped.num_rows == table.num_rows - 7 and dropped.column("request_id").null_count == 0
+
+    assert main(base + ["--null-group", "own"]) == 0
+    own = pq.read_table(out)
+    assert own.num_rows == table.num_rows
+    is_null = own.column("request_id").is_null().to_numpy(zero_copy_only=False)
+    assert is_null[-7:].all() and not is_null[:-7].any()  # the null group sorts last ...
+    assert own.column("rank").to_numpy()[-7:].tolist() == list(range(1, 8))  # ... ranked among themselves
+    scores = own.column("score").to_numpy()[-7:]
+    assert np.all(np.diff(scores) <= 0)
+    # the other groups are ranked exactly as without the null rows
+    assert own.filter(pc.invert(own.column("request_id").is_null())).equals(dropped)
+
+
+def test_a_retrained_run_never_keeps_the_old_model_s_decision(feed_files, tiny_config, tmp_path):
+    """tune-decision's default output is inside the run directory, which a retrain replaces whole."""
+    config_path, run = tmp_path / "config.yaml", tmp_path / "run"
+    config_path.write_text(yaml.safe_dump(tiny_config))
+    assert main(["train", str(config_path), "--out-dir", str(run)]) == 0
+    assert main(["tune-decision", str(run), str(feed_files["valid"]), "--group", "request_id",
+                 "--objective", "convert@5", "--trials", "3"]) == 0
+    assert (run / "tune-decision" / "decide.yaml").is_file()
+    assert main(["train", str(config_path), "--out-dir", str(run), "train.seed=1", "--overwrite"]) == 0
+    assert not (run / "tune-decision").exists()
+    assert (run / "metrics.json").is_file()

@@ -284,3 +284,32 @@ def test_predict_warns_when_ids_are_of_another_id_space(tiny_config, caplog):
     with caplog.at_level(logging.WARNING, logger="multikpi"):
         multikpi.predict(run.run_dir, shifted)
     assert "categorical column 'item_id': 100.0% of the input rows are out of vocabulary" in caplog.text
+
+
+def test_clip_keeps_regression_estimates_in_the_training_label_range(tiny_config, feed_files):
+    from multikpi import Predictor, train
+    from multikpi.config import config_from_dict
+    from multikpi.errors import ConfigError
+    from multikpi.eval import model_outputs
+
+    dwell = pq.read_table(feed_files["train"]).column("dwell").to_numpy()
+    low, high = float(np.nanmin(dwell)), float(np.nanmax(dwell))
+    tiny_config["tasks"]["dwell"].update({"transform": "none", "clip": True})
+    tiny_config["data"]["test"] = None
+    predictor = Predictor.load(train(tiny_config).run_dir)
+    assert predictor.encoder.labels["dwell"].clip == (low, high)  # saved with the run, read back
+    wide = pq.read_table(feed_files["test"])
+    for column in ("price", "item_age_h", "affinity"):  # far outside the training inputs
+        wide = wide.set_column(wide.schema.get_field_index(column), column,
+                               pa.array(wide.column(column).to_numpy() * 1000.0))
+    estimates = predictor.predict(wide).column("dwell").to_numpy()
+    assert estimates.min() >= low and estimates.max() <= high
+    # the network's own estimates (transform none: the transformed scale is label units) leave the range
+    outputs = model_outputs(predictor.model, predictor.encoder.encode(wide, with_labels=False), 4096, None)
+    raw = predictor.encoder.to_transformed("dwell", outputs["dwell"])
+    assert (raw < low).any() or (raw > high).any()
+    np.testing.assert_allclose(estimates, np.clip(raw, low, high), rtol=1e-5, atol=1e-6)
+
+    tiny_config["tasks"]["click"]["clip"] = True
+    with pytest.raises(ConfigError, match=r"`tasks.click.clip` is for regression tasks"):
+        config_from_dict(tiny_config)

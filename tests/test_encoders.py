@@ -254,11 +254,25 @@ def test_missing_column_raises_data_error():
 def test_binary_label_with_value_two_raises():
     config = make_config()
     bad = pa.table({"user": [1, 2, 3], "x": [1.0, 2.0, 3.0], "click": [0, 2, 1]})
-    with pytest.raises(DataError, match=r"label column 'click' of binary task 'click' must be 0 or 1\. Got \[2(\.0)?\]"):
+    with pytest.raises(DataError, match=r"label column 'click' of binary task 'click' must be 0 or 1 \(or null\)\. "
+                                        r"Got 2 in 1 of 3 rows; make a 0/1 column"):
         FeatureEncoder.fit(bad, *encoder_specs(config))
     encoder = FeatureEncoder.fit(train_table(), *encoder_specs(config))
-    with pytest.raises(DataError, match=r"label column 'click'.*must be 0 or 1\. Got \[2"):
+    with pytest.raises(DataError, match=r"label column 'click'.*must be 0 or 1 \(or null\)\. Got 2 in 1 of 3"):
         encoder.encode(bad)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([1, 2, 2, 1, None], r"Got 2 in 2 of 5 rows; map 1/2 to 0/1$"),
+    ([1, 2, 3, 4, 5, 5, 0], r"Got 2, 3, 4, 5 in 5 of 7 rows; it looks like a rating \(0 to 5\): make a 0/1 "
+                            r"column with a threshold \(e\.g\. >= 3\), or use `kind: regression`$"),
+    (list(range(2, 40)), r"Got 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 and 28 more distinct values in 38 of 38 rows; make a 0/1"),
+])
+def test_binary_label_message_lists_the_offending_values_rows_and_a_mapping(values, expected):
+    from multikpi.data.labels import read_label
+
+    with pytest.raises(DataError, match=expected):
+        read_label(pa.chunked_array([pa.array(values, pa.float64())]), "click", "binary", "click")
 
 
 def test_all_null_label_raises():
@@ -548,3 +562,66 @@ def test_bins_round_trip_through_save_and_load(tmp_path):
     loaded = FeatureEncoder.load(tmp_path / "enc")
     assert loaded.vocab_sizes == encoder.vocab_sizes
     assert torch.equal(loaded.encode(train_table()).categorical, encoder.encode(train_table()).categorical)
+
+
+@pytest.mark.parametrize(("transform", "loss"), [("none", "mse"), ("log1p", "mse"), ("none", "poisson")])
+def test_decode_label_inverts_encode_label_without_smearing(transform, loss):
+    from dataclasses import replace
+
+    from multikpi.data.labels import decode_label, encode_label, fit_label
+    from multikpi.data.specs import LabelSpec
+
+    values = np.array([0.0, 1.5, 3.0, 40.0, np.nan])
+    stats = fit_label(values, "dwell", LabelSpec(kind="regression", column="dwell", transform=transform, loss=loss))
+    smeared = replace(stats, smearing=1.7)  # an estimate's correction, never applied to a label
+    np.testing.assert_allclose(decode_label(encode_label(values, smeared), smeared), values, rtol=1e-12, atol=1e-12)
+
+
+# --- column names and CSV dialects (a new user's first hour) ---------------------------------
+
+def test_a_missing_column_suggests_the_closest_one(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("Clothing ID,Age,Rating\n1,30,5\n2,40,4\n")
+    with pytest.raises(DataError, match=r"has no column\(s\) \['Clothing Id'\]; did you mean 'Clothing ID' for "
+                                        r"'Clothing Id'\?"):
+        read_table(path, ["Clothing Id", "Age"])
+    with pytest.raises(DataError, match=r"did you mean 'Clothing ID' for 'clothing_id'\?"):
+        read_table(path, ["clothing_id"])
+
+
+def test_a_numeric_column_name_read_by_yaml_as_a_number_says_to_quote_it(tmp_path):
+    from multikpi.config import config_from_dict
+    from multikpi.config.yaml_loader import load_yaml
+
+    path = tmp_path / "rf1.parquet"
+    pq.write_table(pa.table({"109_14": [1.0, 2.0], "y": [0.5, 0.7]}), path)
+    raw = load_yaml("data: {train: x.parquet, dense: [109_14]}\ntasks: {y: {kind: regression, label: y}}\n")
+    config = config_from_dict(raw)
+    assert config.data.dense == ["10914"]  # YAML's number, taken as the name the user meant to write
+    with pytest.raises(DataError, match=r"YAML read the unquoted name 109_14 as the number 10914: quote numeric "
+                                        r"column names \(\"109_14\"\)"):
+        read_table(path, config.data.dense)
+
+
+@pytest.mark.parametrize("delimiter", [";", "|", "\t"])
+def test_a_csv_with_another_delimiter_is_read_by_its_header(tmp_path, delimiter):
+    path = tmp_path / "export.csv"
+    path.write_text(delimiter.join(["user", "price", "click"]) + "\n"
+                    + "\n".join(delimiter.join([f"u{i}", f"{i}.5", str(i % 2)]) for i in range(5)) + "\n")
+    table = read_table(path, ["user", "price", "click"])
+    assert table.column("price").to_pylist() == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert table.column("click").to_pylist() == [0, 1, 0, 1, 0]
+
+
+def test_a_comma_csv_with_semicolons_in_quoted_text_stays_comma_separated(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text('id,"Review; Text",rating\n1,"good; fits",5\n2,"bad, small",1\n')
+    assert read_table(path).column_names == ["id", "Review; Text", "rating"]
+
+
+def test_a_header_that_is_one_long_field_gets_a_hint(tmp_path):
+    path = tmp_path / "odd.csv"
+    path.write_text("user:price:click\nu1:1.0:1\n")
+    with pytest.raises(DataError, match=r"its header is one field \('user:price:click'\); is it delimited by "
+                                        r"something other than , ; tab or \|\?"):
+        read_table(path, ["user", "click"])

@@ -186,7 +186,7 @@ DATA_CASES = [
     ("data-no-rows", _no_rows, r"data file '.*bad.parquet' has no rows"),
     ("data-missing-column", _missing_column, r"has no column\(s\) \['affinity'\]"),
     ("data-label-wrong-type", _label_wrong_type, r"label column 'click' of task 'click' must be numeric. Got type string"),
-    ("data-label-outside-01", _label_outside_01, r"label column 'click' of binary task 'click' must be 0 or 1. Got \[2"),
+    ("data-label-outside-01", _label_outside_01, r"label column 'click' of binary task 'click' must be 0 or 1 \(or null\). Got 2 in 1 of"),
     ("data-all-labels-null", _all_labels_null, r"task 'dwell' has no labelled rows in the training data"),
     ("data-inf-dense", _inf_in_dense, r"dense column 'price' must be finite or null. Got 1 infinite value"),
     ("data-string-in-numeric", _string_in_numeric, r"dense column 'price' must be numeric. Got type string"),

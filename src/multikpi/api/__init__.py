@@ -10,8 +10,9 @@ import pyarrow as pa
 from multikpi.artifacts.run_dir import serving_settings
 from multikpi.config.load import config_from_dict, load_config
 from multikpi.config.schema import RunConfig
-from multikpi.data.diagnostics import oov_warnings
-from multikpi.data.tabular import open_columns
+from multikpi.data.diagnostics import oov_warnings, unlabelled_tasks
+from multikpi.data.tabular import column_names, open_columns, read_table
+from multikpi.errors import DataError
 from multikpi.eval.calibration import calibrators_from_json
 from multikpi.eval.evaluate import evaluate_split
 from multikpi.serve.predictor import Predictor
@@ -46,12 +47,27 @@ def predictor_of(run: Run) -> Predictor:
 def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, dict[str, float]]:
     """Per-task metrics of a finished run on a labelled Parquet/CSV file: task -> metric -> value."""
     predictor = Predictor.load(run_dir)
-    table = open_columns(data, predictor.encoder.needed_columns())
-    encoded = predictor.encoder.encode(table)
-    for warning in oov_warnings(predictor.encoder, encoded, str(data)):
+    encoder = predictor.encoder
+    names = set(column_names(data))
+    missing = [c for c in encoder.label_columns if c not in names]
+    if len(missing) == len(encoder.label_columns):
+        raise DataError(f"data file {str(data)!r} has none of the label columns {encoder.label_columns}: evaluate "
+                        f"needs labels (predict gives estimates without them)")
+    columns = [c for c in encoder.needed_columns() if c not in missing]
+    # evaluate the tasks whose labels are there; the others get all-null labels and are skipped
+    table = _with_null_columns(read_table(data, columns), missing) if missing else open_columns(data, columns)
+    encoded = encoder.encode(table)
+    for warning in oov_warnings(encoder, encoded, str(data)):
         logger.warning("warning: %s", warning)
-    return evaluate_split(predictor.model, encoded, predictor.encoder, predictor.serving.batch_size,
-                          predictor.precision)
+    for task, reason in unlabelled_tasks(encoder, encoded, str(data), missing).items():
+        logger.warning("warning: skipped task %r: %s", task, reason)
+    return evaluate_split(predictor.model, encoded, encoder, predictor.serving.batch_size, predictor.precision)
+
+
+def _with_null_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    for name in names:
+        table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    return table
 
 
 def predict(run_dir: str | Path, data: Any, keep: list[str] | tuple[str, ...] | None = None,

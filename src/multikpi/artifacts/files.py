@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,20 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    write_atomic(path, json.dumps(payload, indent=1, allow_nan=True).encode())
+    """Strict JSON (RFC 8259 has no NaN): a NaN or infinite number, such as the AUC of a split with
+    one class, is written as null."""
+    write_atomic(path, json.dumps(nan_to_null(payload), indent=1, allow_nan=False).encode())
+
+
+def nan_to_null(node: Any) -> Any:
+    """`node` with every non-finite float (NaN, inf) replaced by None, in nested dicts and lists."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return None
+    if isinstance(node, dict):
+        return {k: nan_to_null(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [nan_to_null(v) for v in node]
+    return node
 
 
 def write_yaml(path: Path, payload: Any) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multikpi.artifacts.files import write_atomic
+from multikpi.artifacts.files import nan_to_null, write_atomic
 from multikpi.errors import ArtifactError
 
 FORMAT = 2
@@ -67,7 +67,7 @@ class RunMetrics:
 
     def save(self, path: Path) -> None:
         """Atomic write; NaN metrics (an AUC of a one-class split) are written as JSON null."""
-        write_atomic(path, json.dumps(_nan_to_none(self.to_json()), indent=1, allow_nan=False).encode())
+        write_atomic(path, json.dumps(nan_to_null(self.to_json()), indent=1, allow_nan=False).encode())
 
     @classmethod
     def load(cls, path: Path) -> RunMetrics:
@@ -75,16 +75,6 @@ class RunMetrics:
             return cls.from_json(_none_to_nan(json.loads(path.read_text())))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ArtifactError(f"{str(path)!r} is not a valid metrics file: {err}") from None
-
-
-def _nan_to_none(node: Any) -> Any:
-    if isinstance(node, float) and not math.isfinite(node):
-        return None
-    if isinstance(node, dict):
-        return {k: _nan_to_none(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_nan_to_none(v) for v in node]
-    return node
 
 
 def _none_to_nan(node: Any) -> Any:

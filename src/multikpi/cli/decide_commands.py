@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from multikpi.artifacts.files import write_atomic, write_json
+from multikpi.artifacts.files import nan_to_null, write_atomic, write_json
 from multikpi.artifacts.outputs import check_output_path
 from multikpi.config.load import config_from_dict
 from multikpi.data.tabular import file_format, write_table
@@ -37,7 +37,8 @@ def rank(args: argparse.Namespace) -> None:
     decide = decide_spec(predictor, args.config)
     formula = score_formula(decide, predictor.tasks, args.score)
     top_k = args.top_k or decide.top_k
-    candidates = load_candidates(predictor, args.data, args.group, decide.calibration, with_labels=bool(args.metrics))
+    candidates = load_candidates(predictor, args.data, args.group, decide.calibration, with_labels=bool(args.metrics),
+                                 null_group=args.null_group)
     scores = evaluate_scores(formula, candidates)
     ids = [c for c in predictor.serving.id_columns if c in candidates.table.column_names]
     table = ranked_table(candidates, scores, args.group, top_k, ids)
@@ -81,7 +82,7 @@ def tune(args: argparse.Namespace) -> None:
     keep = None if args.estimator == "naive" else \
         list(predictor.serving.id_columns) + [columns.position, columns.examination, columns.exam_propensity]
     candidates = load_candidates(predictor, args.data, args.group, predictor.config.decide.calibration,
-                                 with_labels=True, keep=keep)
+                                 with_labels=True, keep=keep, null_group=args.null_group)
     policy = None
     if args.estimator != "naive":
         rows, rewards = estimator_inputs(predictor, candidates, click_task(kinds, args.click, "tune-decision"),
@@ -96,7 +97,8 @@ def tune(args: argparse.Namespace) -> None:
     config_from_dict(yaml.safe_load(config_bytes), source="decide.yaml")  # what rank --config will read
     table = tradeoff_table(result)
     files = {"tradeoff.md": table.encode(), "trials.csv": trials_csv(result), "pareto.png": pareto_png(result),
-             "result.json": json.dumps(summary(result), indent=1).encode(), "decide.yaml": config_bytes}
+             "result.json": json.dumps(nan_to_null(summary(result)), indent=1, allow_nan=False).encode(),
+             "decide.yaml": config_bytes}
     # The default output lives in the run directory, outside its manifest: a retrain replaces the
     # whole directory, so a decision can never describe an older model than the run's.
     out = check_tune_output(args)

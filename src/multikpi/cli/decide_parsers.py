@@ -18,6 +18,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    "(e.g. the decide.yaml that tune-decision writes)")
     p.add_argument("--metrics", default=None, help="also compute ranking metrics on the labels; write them "
                    "to this JSON file")
+    _add_null_group(p)
 
     p = sub.add_parser("tune-decision", help="search the weights of the fusion formula on labelled data")
     p.add_argument("run_dir")
@@ -35,6 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--baseline", default=None, help="score the constraints' `baseline` refers to "
                    "(default: the run's decide.score, else the first binary task)")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/tune-decision)")
+    _add_null_group(p)
     p.add_argument("--estimator", default="naive", choices=["naive", "ips", "snips", "dm", "dr"],
                    help="how the metrics are computed: naive = the labels re-sorted (biased toward the logging "
                         "policy); ips, snips, dm, dr = off-policy estimates of <task>@k with <task>@k.lcb/.ucb "
@@ -69,3 +71,8 @@ def _add_logging_columns(p: argparse.ArgumentParser) -> None:
                    help="column of the examination probability of the row's position (default examination)")
     p.add_argument("--propensity", default="exam_propensity",
                    help="column of the item's examination propensity under the logger (default exam_propensity)")
+
+
+def _add_null_group(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--null-group", default="error", choices=["error", "own", "drop"],
+                   help="rows whose group is null: an error (default), one group of their own, or left out")

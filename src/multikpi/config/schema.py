@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, field_validator
 
 from multikpi.config.architectures import ARCHITECTURES
 
@@ -20,25 +20,35 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _scalar_as_name(value: object) -> object:
+    """YAML reads an unquoted 10914 (or 109_14, 1.5, on) as a number or boolean: a column name is
+    text, so take the text of the scalar. When that text is not a column of the file, the data
+    layer says which column YAML's number parsing hid (data/tabular.py)."""
+    return str(value) if isinstance(value, int | float | bool) else value
+
+
+ColumnName = Annotated[str, BeforeValidator(_scalar_as_name)]
+
+
 class DataSpec(Spec):
     train: str
     valid: str | None = None
     test: str | None = None
-    categorical: list[str] = Field(default_factory=list)
-    dense: list[str] = Field(default_factory=list)
-    log1p: list[str] = Field(default_factory=list, description="dense columns to log1p before standardizing")
+    categorical: list[ColumnName] = Field(default_factory=list)
+    dense: list[ColumnName] = Field(default_factory=list)
+    log1p: list[ColumnName] = Field(default_factory=list, description="dense columns to log1p before standardizing")
     min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
     numeric_bins: int = Field(128, ge=0, le=4096, description=(
         "each dense column also enters as an embedded bin index: one bin per distinct value when it has at "
         "most this many, else this many quantile bins; 0 = off"))
-    id_columns: list[str] = Field(default_factory=list, description="passed through by predict and rank")
+    id_columns: list[ColumnName] = Field(default_factory=list, description="passed through by predict and rank")
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0, description=(
         "without `valid`: the share of train held out (seeded by train.seed) for early stopping and calibration"))
-    group: str | None = Field(None, description="column of the request / page-view id: a held-out valid split "
+    group: ColumnName | None = Field(None, description="column of the request / page-view id: a held-out valid split "
                                                 "keeps each group's rows on one side")
-    weight: str | None = Field(None, description="column of non-negative sample weights for every task's loss "
+    weight: ColumnName | None = Field(None, description="column of non-negative sample weights for every task's loss "
                                                  "and the metrics")
-    position: str | None = Field(None, description="column of the logged position: trains a shallow position "
+    position: ColumnName | None = Field(None, description="column of the logged position: trains a shallow position "
                                                    "tower that multiplies the binary tasks' probabilities by the "
                                                    "position's examination (PAL), dropped at prediction")
     # Scale (docs/scale.md): datasets of any size, streamed, on several processes.
@@ -65,7 +75,7 @@ class DataSpec(Spec):
 
 class TaskSpec(Spec):
     kind: Literal["binary", "regression"]
-    label: str
+    label: ColumnName
     transform: Literal["none", "log1p"] = "none"
     inputs_from: list[str] = Field(default_factory=list, description="tasks whose estimate feeds this tower")
     stop_gradient: bool = True
@@ -75,6 +85,8 @@ class TaskSpec(Spec):
         "mse", description="regression: mse on the standardized (transformed) target, or a log-link poisson / "
                            "tweedie loss on the raw label for counts and durations")
     tweedie_power: float = Field(1.5, gt=1.0, lt=2.0, description="loss: tweedie, the variance power p")
+    clip: bool = Field(False, description="regression: clip the estimates (predict, rank, serving, metrics) to "
+                                          "the range of the training labels")
 
 
 class EsmmSpec(Spec):

@@ -151,6 +151,9 @@ def _check_train_on_cycle(config: RunConfig) -> list[str]:
 
 
 def _check_task_loss(name: str, task: TaskSpec) -> list[str]:
+    if task.clip and task.kind != "regression":
+        return [f"`tasks.{name}.clip` is for regression tasks (a probability is already in [0, 1]). "
+                f"Got kind {task.kind!r}"]
     if task.loss == "mse":
         return []
     if task.kind != "regression":

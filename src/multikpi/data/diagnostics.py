@@ -2,6 +2,10 @@
 text or row-id column by mistake), and a split whose out-of-vocabulary rate is far above train's."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 
 NEARLY_UNIQUE = 0.9      # distinct ids / rows above which a column looks like an id or free text
@@ -32,3 +36,22 @@ def oov_warnings(encoder: FeatureEncoder, data: EncodedData, split: str) -> list
                             f"(expected from train: {expected:.1%}); are its ids from the same id space as in "
                             f"training?")
     return warnings
+
+
+def unlabelled_tasks(encoder: FeatureEncoder, data: EncodedData, split: str,
+                     missing_columns: Sequence[str] = ()) -> dict[str, str]:
+    """task -> why `split` has no labelled row for it (such a task gets no metrics): its label
+    column is not in the file, every label is null, or its `train_on` parent's label is never 1."""
+    labels = data.labels.numpy()
+    reasons = {}
+    for column, task in enumerate(data.tasks):
+        if not np.isnan(labels[:, column]).all():
+            continue
+        stats = encoder.labels[task]
+        if stats.label in missing_columns:
+            reasons[task] = f"{split} has no column {stats.label!r}"
+        elif stats.train_on is not None:
+            reasons[task] = f"no row of {split} has a label for it where {stats.train_on!r} is 1"
+        else:
+            reasons[task] = f"every {stats.label!r} label in {split} is null"
+    return reasons

@@ -38,6 +38,7 @@ class LabelStatsFile(_Strict):
     loss: Literal["mse", "poisson", "tweedie"] = "mse"
     tweedie_power: float = Field(1.5, gt=1.0, lt=2.0)
     smearing: float = Field(1.0, gt=0)
+    clip: tuple[float, float] | None = None
 
 
 class EncodersFile(_Strict):

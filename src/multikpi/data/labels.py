@@ -38,7 +38,9 @@ class LabelStats:
     """One task's fitted label statistics.
 
     mean/std: mse regression: of the transformed target; poisson/tweedie: mean of the raw label, 1;
-    binary: base rate, 1. smearing: the factor S of the module docstring (1 until fitted)."""
+    binary: base rate, 1. smearing: the factor S of the module docstring (1 until fitted).
+    clip: regression with `tasks.<t>.clip`: the (min, max) of the training labels, to which the
+    estimates in label units are clipped; None = not clipped."""
 
     kind: str
     label: str
@@ -49,6 +51,7 @@ class LabelStats:
     loss: str = "mse"
     tweedie_power: float = 1.5
     smearing: float = 1.0
+    clip: tuple[float, float] | None = None
 
     @property
     def log_link(self) -> bool:
@@ -66,9 +69,25 @@ def read_label(column: pa.ChunkedArray, task: str, kind: str, label: str) -> np.
     if kind == "binary":
         bad = ~np.isnan(values) & (values != 0.0) & (values != 1.0)
         if bad.any():
-            examples = sorted(set(values[bad].tolist()))[:3]
-            raise DataError(f"label column {label!r} of binary task {task!r} must be 0 or 1. Got {examples}")
+            raise DataError(binary_label_message(values, bad, task, label))
     return values
+
+
+def binary_label_message(values: np.ndarray, bad: np.ndarray, task: str, label: str) -> str:
+    """Every distinct offending value (the first ten and a count), the rows, and a mapping hint."""
+    offending = np.unique(values[bad])
+    shown = ", ".join(f"{v:g}" for v in offending[:10])
+    more = f" and {offending.size - 10} more distinct values" if offending.size > 10 else ""
+    present = np.unique(values[~np.isnan(values)])
+    if present.size == 2:
+        hint = f"map {present[0]:g}/{present[1]:g} to 0/1"
+    elif present.size <= 20 and np.all(present == np.round(present)) and present.max() - present.min() >= 3:
+        hint = (f"it looks like a rating ({present.min():g} to {present.max():g}): make a 0/1 column with a "
+                f"threshold (e.g. >= {np.ceil(np.median(present)):g}), or use `kind: regression`")
+    else:
+        hint = "make a 0/1 column, or use `kind: regression`"
+    return (f"label column {label!r} of binary task {task!r} must be 0 or 1 (or null). Got {shown}{more} "
+            f"in {int(bad.sum()):,} of {values.size:,} rows; {hint}")
 
 
 def label_values(table: ColumnSource, name: str, spec: LabelSpec, labels: Mapping[str, LabelSpec]) -> np.ndarray:
@@ -99,13 +118,18 @@ def fit_label(values: np.ndarray, name: str, spec: LabelSpec) -> LabelStats:
             raise DataError(f"label column {spec.column!r} of task {name!r} must be >= 0 for `loss: {spec.loss}`. "
                             f"Got a minimum of {present.min():g}")
         return LabelStats("regression", spec.column, "none", float(present.mean()), 1.0, spec.train_on,
-                          spec.loss, spec.tweedie_power)
+                          spec.loss, spec.tweedie_power, clip=_label_range(present, spec))
     transformed = transform(present, spec.transform)
     mean, std = float(transformed.mean()), float(transformed.std())
     if not (np.isfinite(mean) and np.isfinite(std)):
         raise DataError(f"label column {spec.column!r} of task {name!r}: its mean or std overflows float64 "
                         f"(values up to {np.abs(present).max():g}); rescale it or use transform: log1p")
-    return LabelStats("regression", spec.column, spec.transform, mean, std if std > 0 else 1.0, spec.train_on)
+    return LabelStats("regression", spec.column, spec.transform, mean, std if std > 0 else 1.0, spec.train_on,
+                      clip=_label_range(present, spec))
+
+
+def _label_range(present: np.ndarray, spec: LabelSpec) -> tuple[float, float] | None:
+    return (float(present.min()), float(present.max())) if spec.clip else None
 
 
 def encode_label(values: np.ndarray, stats: LabelStats) -> np.ndarray:
@@ -124,13 +148,18 @@ def to_transformed(stats: LabelStats, outputs: np.ndarray) -> np.ndarray:
 
 
 def to_label_units(stats: LabelStats, outputs: np.ndarray, smeared: bool = True) -> np.ndarray:
-    """Regression outputs on the model scale -> estimates of the mean label, in label units."""
+    """Regression outputs on the model scale -> estimates of the mean label, in label units;
+    clipped to the training label range when the task has `clip: true` (`stats.clip`)."""
     transformed = to_transformed(stats, outputs)
     if stats.transform != "log1p":
-        return transformed
-    if smeared:
-        return np.exp(transformed) * stats.smearing - 1.0
-    return np.expm1(transformed)
+        units = transformed
+    elif smeared:
+        units = np.exp(transformed) * stats.smearing - 1.0
+    else:
+        units = np.expm1(transformed)
+    if smeared and stats.clip is not None:
+        units = np.clip(units, stats.clip[0], stats.clip[1])
+    return units
 
 
 def read_weights(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -145,3 +174,11 @@ def read_weights(column: pa.ChunkedArray, name: str) -> np.ndarray:
     if not values.any():
         raise DataError(f"weight column {name!r} is 0 on every row")
     return values.astype(np.float32)
+
+
+def decode_label(encoded: np.ndarray, stats: LabelStats) -> np.ndarray:
+    """The inverse of `encode_label`: encoded regression labels -> label units (no smearing: a
+    label is a value, not an estimate of a mean). log1p clips negative labels to 0 on the way in."""
+    if stats.kind == "binary" or stats.log_link:
+        return encoded
+    return to_label_units(stats, encoded, smeared=False)

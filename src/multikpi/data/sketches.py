@@ -151,6 +151,7 @@ class Moments:
     m2: float = 0.0
     missing: int = 0
     minimum: float = math.inf
+    maximum: float = -math.inf
     largest_abs: float = 0.0
 
     @classmethod
@@ -162,12 +163,13 @@ class Moments:
             return cls(missing=int(missing.sum()))
         mean = float(present.mean())
         return cls(int(present.size), mean, float(np.square(present - mean).sum()), int(missing.sum()),
-                   float(present.min()), float(np.abs(present).max()))
+                   float(present.min()), float(present.max()), float(np.abs(present).max()))
 
     def merge(self, other: Moments) -> None:
         n, m = self.count, other.count
         self.missing += other.missing
         self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
         self.largest_abs = max(self.largest_abs, other.largest_abs)
         if m == 0:
             return

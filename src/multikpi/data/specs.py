@@ -29,7 +29,8 @@ class ColumnSpec:
 class LabelSpec:
     """One task's label. kind: "binary" | "regression"; transform: "none" | "log1p" (regression);
     train_on: a binary task whose label must be 1 for this task to have a label; loss: "mse" |
-    "poisson" | "tweedie" (regression; the last two model the raw label with a log link)."""
+    "poisson" | "tweedie" (regression; the last two model the raw label with a log link); clip:
+    regression estimates are clipped to the training label range."""
 
     kind: str
     column: str
@@ -37,3 +38,4 @@ class LabelSpec:
     train_on: str | None = None
     loss: str = "mse"
     tweedie_power: float = 1.5
+    clip: bool = False

@@ -262,17 +262,19 @@ def _label_stats(state: FitState, name: str, spec: LabelSpec) -> LabelStats:
         raise DataError(f"task {name!r} has no labelled rows in the training data (column {spec.column!r} is all null)")
     if spec.kind == "binary":
         return LabelStats("binary", spec.column, "none", raw.mean, 1.0, spec.train_on)
+    clip = (raw.minimum, raw.maximum) if spec.clip else None  # `tasks.<t>.clip`: the training label range
     if spec.loss in ("poisson", "tweedie"):
         if raw.minimum < 0:
             raise DataError(f"label column {spec.column!r} of task {name!r} must be >= 0 for `loss: {spec.loss}`. "
                             f"Got a minimum of {raw.minimum:g}")
         return LabelStats("regression", spec.column, "none", raw.mean, 1.0, spec.train_on, spec.loss,
-                          spec.tweedie_power)
+                          spec.tweedie_power, clip=clip)
     mean, std = transformed.mean, transformed.std
     if not (math.isfinite(mean) and math.isfinite(std)):
         raise DataError(f"label column {spec.column!r} of task {name!r}: its mean or std overflows float64 "
                         f"(values up to {raw.largest_abs:g}); rescale it or use transform: log1p")
-    return LabelStats("regression", spec.column, spec.transform, mean, std if std > 0 else 1.0, spec.train_on)
+    return LabelStats("regression", spec.column, spec.transform, mean, std if std > 0 else 1.0, spec.train_on,
+                      clip=clip)
 
 
 def chunk_rows(dataset: ParquetDataset, state: FitState | None) -> np.ndarray:

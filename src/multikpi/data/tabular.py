@@ -2,17 +2,23 @@
 DataError that names the file and what is wrong with it."""
 from __future__ import annotations
 
+import csv
+import difflib
+import gzip
 import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import yaml
 
 from multikpi.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parquet.brotli", ".parquet.snappy", ".parquet.zstd")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+CSV_DELIMITERS = ",;\t|"  # what a CSV file's header is sniffed for
+SNIFF_BYTES = 1 << 16
 
 
 def file_format(path: str | Path) -> str:
@@ -102,7 +108,43 @@ def _check_file(path: Path, fmt: str, columns: list[str] | None) -> None:
     if columns is not None:
         missing = [c for c in dict.fromkeys(columns) if c not in names]
         if missing:
-            raise DataError(f"data file {str(path)!r} has no column(s) {missing}; it has {names}")
+            raise DataError(missing_columns_message(str(path), missing, names))
+
+
+def missing_columns_message(source: str, missing: list[str], names: list[str]) -> str:
+    """"data file 'x.csv' has no column(s) [...]" with, per missing name, the closest existing
+    one, or a note that YAML read an unquoted numeric name (109_14) as a number (10914)."""
+    if len(names) == 1 and len(missing) > 1:
+        return (f"data file {source!r} has no column(s) {missing}: its header is one field "
+                f"({names[0][:60]!r}); is it delimited by something other than , ; tab or |?")
+    hints = [_column_hint(name, names) for name in missing]
+    listed = names if len(names) <= 30 else names[:30] + [f"... {len(names) - 30} more"]
+    text = f"data file {source!r} has no column(s) {missing}"
+    found = [h for h in hints if h]
+    return f"{text}; {'; '.join(found)}" if found else f"{text}; it has {listed}"
+
+
+def _column_hint(name: str, names: list[str]) -> str:
+    as_yaml = [n for n in names if _yaml_scalar_text(n) == name and n != name]
+    if as_yaml:
+        return (f"YAML read the unquoted name {as_yaml[0]} as the number {name}: quote numeric column names "
+                f"(\"{as_yaml[0]}\")")
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if not close:  # a case or spacing slip: 'clothing id' for 'Clothing ID'
+        folded = {" ".join(n.lower().replace("_", " ").split()): n for n in names}
+        close = [folded[k] for k in difflib.get_close_matches(" ".join(name.lower().replace("_", " ").split()),
+                                                            list(folded), n=1, cutoff=0.6)]
+    return f"did you mean {close[0]!r} for {name!r}?" if close else ""
+
+
+def _yaml_scalar_text(name: str) -> str | None:
+    """What an unquoted column name becomes in a YAML config, as text, when YAML reads it as a
+    number or a boolean (109_14 -> '10914', 1.50 -> '1.5', on -> 'True'); None otherwise."""
+    try:
+        value = yaml.safe_load(name)
+    except yaml.YAMLError:
+        return None
+    return str(value) if isinstance(value, int | float | bool) else None
 
 
 def _read(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:
@@ -127,8 +169,35 @@ def _is_tsv(path: Path) -> bool:
 
 
 def _parse_options(path: Path) -> pacsv.ParseOptions:
-    """Tab-separated for `.tsv`, comma-separated otherwise."""
-    return pacsv.ParseOptions(delimiter="\t" if _is_tsv(path) else ",")
+    """The delimiter sniffed from the file's first lines among `CSV_DELIMITERS` (csv.Sniffer);
+    tab for `.tsv`, comma when the sniffer cannot tell."""
+    default = "\t" if _is_tsv(path) else ","
+    return pacsv.ParseOptions(delimiter=sniff_delimiter(path, default))
+
+
+def sniff_delimiter(path: Path, default: str) -> str:
+    """`default`, unless the header read with it is one field that holds another delimiter of
+    `CSV_DELIMITERS` (a `;`-separated export, say): then the one it holds most often (outside
+    quotes). Conservative on purpose: a file that parses into columns is read as it always was."""
+    header = _header_line(path)
+    if header is None:
+        return default
+    fields = next(csv.reader([header], delimiter=default), [])
+    if len(fields) != 1:
+        return default
+    unquoted = "".join(part for i, part in enumerate(header.split('"')) if i % 2 == 0)
+    counts = {d: unquoted.count(d) for d in CSV_DELIMITERS if d != default}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else default
+
+
+def _header_line(path: Path) -> str | None:
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as stream:
+            return stream.readline(SNIFF_BYTES).rstrip("\r\n")
+    except (OSError, EOFError):
+        return None  # the reader reports the unreadable file with its own message
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:

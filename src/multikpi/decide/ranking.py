@@ -18,7 +18,10 @@ over groups (a group with fewer than k rows contributes all of its rows):
   (impressions). `gauc_<task>_unweighted` is the plain mean. One-class groups are skipped and
   counted in `skipped_gauc_<task>`.
 
-A null label (NaN) counts as 0 in the sums and gains and is left out of gAUC.
+A null label (NaN) counts as 0 in the sums and gains and is left out of gAUC. `rank --metrics` and
+`tune-decision` use the rows `evaluate` uses: a `train_on` task's label counts only where its
+parent's label is 1 (convert on clicked rows), so its gAUC is over the parent's positives.
+A metric without any usable group is NaN, written as null in JSON.
 """
 from __future__ import annotations
 

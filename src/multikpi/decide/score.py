@@ -78,10 +78,16 @@ def score_formula(decide: DecideSpec, tasks: list[str], override: str | None = N
     return formula
 
 
+NULL_GROUP = ("error", "own", "drop")  # what rank / tune-decision do with rows whose group is null
+
+
 def load_candidates(predictor: Predictor, data: str | Path, group: str, calibration: str,
-                    with_labels: bool, keep: list[str] | None = None) -> Candidates:
+                    with_labels: bool, keep: list[str] | None = None, null_group: str = "error") -> Candidates:
     """Read `data` (features, `group`, the id columns it has, labels when `with_labels`), predict,
-    calibrate as `calibration` (a `decide.calibration` value) says, and code the groups."""
+    calibrate as `calibration` (a `decide.calibration` value) says, and code the groups.
+
+    null_group: rows whose group is null are an error ("error"), one group of their own ("own"),
+    or left out ("drop", logged)."""
     available = column_names(data)
     if group not in available:
         raise DataError(f"data file {str(data)!r} has no group column {group!r}; it has {available}")
@@ -91,18 +97,54 @@ def load_candidates(predictor: Predictor, data: str | Path, group: str, calibrat
     ids = [c for c in (keep if keep is not None else predictor.serving.id_columns) if c in available]
     labels = [predictor.config.tasks[t].label for t in predictor.tasks] if with_labels else []
     table = read_table(data, list(dict.fromkeys(ids + [group] + predictor.feature_columns() + labels)))
+    table = _null_groups(table, group, str(data), null_group)
     group_column = table.column(group)
-    nulls = pc.sum(pc.is_null(group_column, nan_is_null=True)).as_py() or 0
-    if nulls:
-        raise DataError(f"group column {group!r} of {str(data)!r} has {nulls} null value(s); every row needs a group")
     raw = predictor.predict(table, keep=[], calibrated=False)
     method = resolve_method(calibration, predictor.calibrators)
     estimates = apply_calibration({t: raw.column(t).to_numpy() for t in predictor.tasks}, predictor.calibrators, method)
-    codes, values = group_codes(group_column.to_numpy(zero_copy_only=False))
-    label_values = None
-    if with_labels:
-        label_values = {t: _label(table, predictor.config.tasks[t].label) for t in predictor.tasks}
+    codes, values = _group_codes(group_column)
+    label_values = _task_labels(table, predictor) if with_labels else None
     return Candidates(table, estimates, codes, values, label_values)
+
+
+def _group_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """group_codes of the column; null groups (null_group "own") are one more group, the last code."""
+    is_null = pc.is_null(column, nan_is_null=True)
+    if not pc.any(is_null).as_py():
+        return group_codes(column.to_numpy(zero_copy_only=False))
+    present, values = group_codes(column.filter(pc.invert(is_null)).to_numpy(zero_copy_only=False))
+    mask = is_null.to_numpy(zero_copy_only=False)
+    codes = np.full(mask.size, values.size, dtype=np.int64)
+    codes[~mask] = present
+    return codes, np.array([*values.tolist(), None], dtype=object)
+
+
+def _null_groups(table: pa.Table, group: str, source: str, null_group: str) -> pa.Table:
+    if null_group not in NULL_GROUP:
+        raise DataError(f"--null-group must be one of {', '.join(NULL_GROUP)}. Got {null_group!r}")
+    is_null = pc.is_null(table.column(group), nan_is_null=True)
+    nulls = pc.sum(is_null).as_py() or 0
+    if not nulls or null_group == "own":
+        return table
+    if null_group == "error":
+        raise DataError(f"group column {group!r} of {source!r} has {nulls} null value(s); every row needs a group "
+                        f"(--null-group own ranks them as one group, --null-group drop leaves them out)")
+    if nulls == table.num_rows:
+        raise DataError(f"group column {group!r} of {source!r} is null on every row: --null-group drop leaves nothing")
+    logger.warning("%s: left out %d row(s) whose %r is null (--null-group drop)", source, nulls, group)
+    return table.filter(pc.invert(is_null))
+
+
+def _task_labels(table: pa.Table, predictor: Predictor) -> dict[str, np.ndarray]:
+    """task -> (N,) labels on the rows `evaluate` uses: a `train_on` task's label is NaN (left out
+    of gAUC, 0 in the sums) where its parent's label is not 1, as in training and evaluate."""
+    tasks = predictor.config.tasks
+    raw = {t: _label(table, tasks[t].label) for t in predictor.tasks}
+    labels = {}
+    for task in predictor.tasks:
+        parent = tasks[task].train_on
+        labels[task] = raw[task] if parent is None else np.where(raw[parent] == 1.0, raw[task], np.nan)
+    return labels
 
 
 def _label(table: pa.Table, column: str) -> np.ndarray:

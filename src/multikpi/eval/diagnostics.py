@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from multikpi.data.encoders import EncodedData, FeatureEncoder
+from multikpi.data.labels import decode_label
 from multikpi.eval.evaluate import model_outputs
 from multikpi.models.multitask import MultiTaskModel
 
@@ -75,7 +76,7 @@ def regression_bins(model: MultiTaskModel, splits: dict[str, EncodedData], encod
         target = labels[:, data.tasks.index(task)]
         labelled = ~np.isnan(target)
         if labelled.any():
-            out[task] = binned_residuals(encoder.to_original_units(task, target[labelled].astype(np.float64)),
+            out[task] = binned_residuals(decode_label(target[labelled].astype(np.float64), encoder.labels[task]),
                                          encoder.to_original_units(task, outputs[task][labelled].astype(np.float64)))
     return {"split": split, "tasks": out}
 

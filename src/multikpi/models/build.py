@@ -13,7 +13,7 @@ from multikpi.config.schema import ModelSpec, TaskSpec
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.models.architectures import SeparateNets, SharedBottom, task_columns
 from multikpi.models.blocks import FeatureEmbedding, mlp
-from multikpi.models.experts import PLE, ExpertBank, Gate, MMoE
+from multikpi.models.experts import PLE, ExpertBank, Gate, GateBank, MMoE
 from multikpi.models.heads import TaskTower, logit_of_rate
 from multikpi.models.multitask import MultiTaskModel
 from multikpi.models.position import PositionTower
@@ -39,25 +39,24 @@ def _shared_bottom(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> Sha
 
 def _mmoe(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     experts = ExpertBank(inputs.dim, list(spec.shared), spec.num_experts, spec.dropout)
-    gates = nn.ModuleDict({t: Gate(inputs.dim, list(spec.gate_hidden), spec.num_experts) for t in tasks})
-    return MMoE(experts=experts, gates=gates)
+    gates = GateBank(len(tasks), inputs.dim, list(spec.gate_hidden), spec.num_experts)
+    return MMoE(experts=experts, gates=gates, tasks=tasks)
 
 
 def _ple(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
     hidden, gate_hidden = list(spec.shared), list(spec.gate_hidden)
     experts, gates, in_dim = nn.ModuleList(), nn.ModuleList(), inputs.dim
     for level in range(spec.num_levels):
-        specific = nn.ModuleDict(
-            {t: ExpertBank(in_dim, hidden, spec.num_specific_experts, spec.dropout) for t in tasks})
+        specific = ExpertBank(in_dim, hidden, len(tasks) * spec.num_specific_experts, spec.dropout)
         experts.append(nn.ModuleDict({"shared": ExpertBank(in_dim, hidden, spec.num_experts, spec.dropout),
                                       "specific": specific}))
-        level_gates = nn.ModuleDict({"tasks": nn.ModuleDict(
-            {t: Gate(in_dim, gate_hidden, spec.num_specific_experts + spec.num_experts) for t in tasks})})
+        level_gates = nn.ModuleDict(
+            {"tasks": GateBank(len(tasks), in_dim, gate_hidden, spec.num_specific_experts + spec.num_experts)})
         if level < spec.num_levels - 1:  # the last level has no shared output
             level_gates["shared"] = Gate(in_dim, gate_hidden, len(tasks) * spec.num_specific_experts + spec.num_experts)
         gates.append(level_gates)
         in_dim = hidden[-1]
-    return PLE(experts=experts, gates=gates)
+    return PLE(experts=experts, gates=gates, tasks=tasks)
 
 
 def _task_nets(spec: ModelSpec, tasks: list[str], in_dim: int) -> nn.ModuleDict:

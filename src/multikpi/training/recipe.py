@@ -144,7 +144,7 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
         return Run(run_dir, config, encoder, model, training.combiner, metrics, state.history)
     # Fitted on valid: isotonic + Platt per binary task, ECE on valid and test.
     calibration, metrics.calibration = calibrate_run(model, splits, encoder, config.train.eval_batch_size, precision)
-    _summarize(metrics, state, training, source, selection, batch_size, started)
+    _summarize(metrics, state, training, source, selection, batch_size, started, precision)
     metrics.warnings = run_warnings(config, encoder, splits, metrics, state.history, source.num_rows)
     for warning in metrics.warnings:
         logger.warning("warning: %s", warning)
@@ -274,7 +274,7 @@ def _concat(parts: list[EncodedData]) -> EncodedData:
 
 
 def _summarize(metrics: RunMetrics, state: LoopState, training: MultiTaskTraining, source: BatchSource,
-               selection: Selection | None, batch_size: int, started: float) -> None:
+               selection: Selection | None, batch_size: int, started: float, precision: torch.dtype | None) -> None:
     metrics.loss_weights = training.loss_combiner.weights()
     metrics.gate_usage = mean_gate_usage(state.history, source.steps_per_epoch) or None  # mmoe/ple: last epoch
     metrics.selection = selection.summary() if selection is not None and selection.evaluations else None
@@ -282,7 +282,8 @@ def _summarize(metrics: RunMetrics, state: LoopState, training: MultiTaskTrainin
     metrics.timing = {"total_seconds": time.perf_counter() - started,
                       "train_examples_per_second": speeds[-1] if speeds else math.nan}
     metrics.training = {"batch_size": batch_size, "steps": state.step, "epochs": len(state.epochs_log),
-                        "steps_per_epoch": source.steps_per_epoch}
+                        "steps_per_epoch": source.steps_per_epoch,
+                        "precision": "bf16" if precision is torch.bfloat16 else "fp32"}
 
 
 def _planned_steps(config: RunConfig, source: BatchSource) -> int:

@@ -35,7 +35,8 @@ def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
     columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
                          data.weight, data.numeric_bins, data.position, max_vocab=data.max_vocab,
                          hash_buckets=data.hash_buckets)
-    labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power)
+    labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power,
+                              task.clip)
               for name, task in config.tasks.items()}
     return columns, labels
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from multikpi.artifacts.metrics import RunMetrics
 from multikpi.config.schema import RunConfig
-from multikpi.data.diagnostics import nearly_unique_columns, oov_warnings
+from multikpi.data.diagnostics import nearly_unique_columns, oov_warnings, unlabelled_tasks
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 
 STILL = 0.05  # a learned log-variance (or GradNorm weight) that moved less than this did not learn
@@ -13,14 +13,17 @@ STILL = 0.05  # a learned log-variance (or GradNorm weight) that moved less than
 
 def run_warnings(config: RunConfig, encoder: FeatureEncoder, splits: dict[str, EncodedData], metrics: RunMetrics,
                  history: list[dict[str, Any]], train_rows: int | None = None) -> list[str]:
-    """One-class binary tasks, nearly unique columns, splits far out of vocabulary, loss weights
-    that did not move. `train_rows`: the training rows when `splits["train"]` is a sample."""
+    """One-class binary tasks, nearly unique columns, splits far out of vocabulary or without a
+    labelled row for a task, loss weights that did not move. `train_rows`: the training rows when
+    `splits["train"]` is a sample."""
     warnings = [f"task {task!r} has one class in train (every label is {int(stats.mean)}): it cannot learn to rank"
                 for task, stats in encoder.labels.items() if stats.kind == "binary" and stats.mean in (0.0, 1.0)]
     warnings += nearly_unique_columns(encoder, train_rows if train_rows is not None else splits["train"].num_rows)
     for name in ("valid", "test"):
         if name in splits:
             warnings += oov_warnings(encoder, splits[name], name)
+            warnings += [f"{name} split: no metrics for task {task!r}: {reason}"
+                         for task, reason in unlabelled_tasks(encoder, splits[name], f"the {name} split").items()]
     warnings += _still_weights(config, history)
     return warnings
 
