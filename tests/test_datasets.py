@@ -24,7 +24,7 @@ from multikpi.synthetic.feed import make_feed
 
 COLUMNS = ColumnSpec(("user_id", "item_id", "item_category", "device"), ("price", "affinity", "item_age_h", "position"),
                      ("price",), 1, None, 16)
-LABELS = {"click": LabelSpec("binary", "click"), "dwell": LabelSpec("regression", "dwell", "log1p"),
+LABELS = {"click": LabelSpec("binary", "click"), "dwell": LabelSpec("regression", "dwell", "log1p", clip=True),
           "convert": LabelSpec("binary", "convert", train_on="click")}
 NEEDED = ["user_id", "item_id", "item_category", "device", "price", "affinity", "item_age_h", "position", "click",
           "dwell", "convert"]
@@ -133,7 +133,7 @@ def test_streaming_fit_equals_the_in_memory_fit(feed):
         assert mine["indicator"] == theirs["indicator"]
     for task in LABELS:
         a, b = streamed.labels[task], in_memory.labels[task]
-        assert (a.kind, a.transform, a.train_on) == (b.kind, b.transform, b.train_on)
+        assert (a.kind, a.transform, a.train_on, a.clip) == (b.kind, b.transform, b.train_on, b.clip)
         assert a.mean == pytest.approx(b.mean, rel=1e-12) and a.std == pytest.approx(b.std, rel=1e-12)
     # the encodings agree row for row
     assert np.array_equal(streamed.encode(table).categorical.numpy(), in_memory.encode(table).categorical.numpy())
