@@ -51,10 +51,13 @@ def subset(data: Path, rows: int) -> str:
     return str(linked)
 
 
-def run(data: str, rows: int, mode: str, threads: int, processes: int, work: Path) -> dict[str, float]:
+def run(data: str, rows: int, mode: str, threads: int, processes: int, work: Path,
+        max_steps: int | None = None) -> dict[str, float]:
     config = json.loads(json.dumps(CONFIG))
     config["data"].update(train=data, streaming=mode)
     config["train"]["threads"] = threads
+    if max_steps is not None:
+        config["train"]["max_steps"] = max_steps
     path = work / f"{mode}-{processes}x{threads}-{abs(hash(data))}.yaml"
     path.write_text(yaml.safe_dump(config))
     out = work / (path.stem + "-run")
@@ -69,7 +72,8 @@ def run(data: str, rows: int, mode: str, threads: int, processes: int, work: Pat
         raise SystemExit(result.stderr[-3000:])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far (KiB)
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"rows": rows, "examples_per_second": metrics["timing"]["train_examples_per_second"],
+    return {"rows": rows, "steps": metrics["training"]["steps"],
+            "examples_per_second": metrics["timing"]["train_examples_per_second"],
             "peak_rss_mb": peak / 1024 if peak > before else float("nan"),
             "wall_seconds": time.perf_counter() - started,
             "click_auc_train": metrics["splits"]["train"]["click"]["auc"]}
@@ -80,19 +84,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a directory written by make-data (500k-row parts)")
     parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 5_000_000, 20_000_000])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
+    parser.add_argument("--growth-only", action="store_true", help="only the --rows runs (RSS as rows grow)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cap the --rows runs at this many steps (the fit still reads every row)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     one_million = subset(args.data, 1_000_000)
-    runs = [("in memory, 1 process x 2 threads", one_million, 1_000_000, "off", 2, 1),
-            ("streamed, 1 process x 2 threads", one_million, 1_000_000, "on", 2, 1),
-            ("streamed, 2 processes x 1 thread", one_million, 1_000_000, "on", 1, 2)]
-    runs += [(f"streamed, {r // 1_000_000}M rows, 1 process x 2 threads", subset(args.data, r), r, "on", 2, 1)
-             for r in args.rows]
+    runs = [] if args.growth_only else [
+        ("in memory, 1 process x 2 threads", one_million, 1_000_000, "off", 2, 1, None),
+        ("streamed, 1 process x 2 threads", one_million, 1_000_000, "on", 2, 1, None),
+        ("streamed, 2 processes x 1 thread", one_million, 1_000_000, "on", 1, 2, None)]
+    runs += [(f"streamed, {r // 1_000_000}M rows, 1 process x 2 threads", subset(args.data, r), r, "on", 2, 1,
+              args.max_steps) for r in args.rows]
     results = []
-    for name, data, rows, mode, threads, processes in runs:
+    for name, data, rows, mode, threads, processes, max_steps in runs:
         # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: each run gets a fresh parent.
         probe = subprocess.run([sys.executable, __file__, "--child", json.dumps([data, rows, mode, threads,
-                                                                                  processes, str(work)])],
+                                                                                  processes, str(work), max_steps])],
                                capture_output=True, text=True)
         if probe.returncode:
             raise SystemExit(probe.stderr[-3000:])
@@ -107,17 +115,17 @@ def main() -> None:
 
 def table(results: list[dict]) -> str:
     base = results[0]["examples_per_second"]
-    lines = ["| run | train rows | examples/s | vs in memory | peak RSS (MB) | wall (s) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | dataset rows | steps | examples/s | vs first row | peak RSS (MB) | wall (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['name']} | {r['rows']:,} | {r['examples_per_second']:,.0f} | "
+        lines.append(f"| {r['name']} | {r['rows']:,} | {r.get('steps', '')} | {r['examples_per_second']:,.0f} | "
                      f"{r['examples_per_second'] / base:.0%} | {r['peak_rss_mb']:,.0f} | {r['wall_seconds']:.0f} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        data, rows, mode, threads, processes, work = json.loads(sys.argv[2])
-        print(json.dumps(run(data, rows, mode, threads, processes, Path(work))))
+        data, rows, mode, threads, processes, work, *cap = json.loads(sys.argv[2])
+        print(json.dumps(run(data, rows, mode, threads, processes, Path(work), cap[0] if cap else None)))
     else:
         main()
