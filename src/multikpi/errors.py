@@ -40,6 +40,11 @@ class ReportError(MultiKPIError):
     """`multikpi report` was pointed at something it cannot report on, or asked to write a non-HTML file."""
 
 
+class PeerFailed(MultiKPIError):
+    """Another process of a distributed run failed (its own one-line error says why); this one stops
+    too instead of waiting for it. The CLI prints nothing more for it."""
+
+
 class Interrupted(MultiKPIError):
     """A command stopped by SIGINT (exit 130) or SIGTERM (exit 143); the message says what was kept."""
 

@@ -30,11 +30,13 @@ def staging_dir(run_dir: Path) -> Path:
 
 class RunWorkspace:
     """The directory a training writes into (`path`: the run directory, or its staging sibling),
-    locked while it is held. Use `open_workspace`, then `commit()` once the run is complete."""
+    locked while it is held. Use `open_workspace`, then `commit()` once the run is complete.
+    `writer` False: the other ranks of a distributed run, which never lock or write (rank 0 does)."""
 
-    def __init__(self, run_dir: Path, path: Path):
+    def __init__(self, run_dir: Path, path: Path, writer: bool = True):
         self.run_dir = run_dir
         self.path = path
+        self.writer = writer
         self._locked = False
 
     def __enter__(self) -> RunWorkspace:
@@ -47,7 +49,7 @@ class RunWorkspace:
         """Create the directory (marked as a run directory), take its lock and remove the temporary
         files a killed process left. Called right before the first write, so that a run that fails
         on its inputs leaves nothing behind."""
-        if self._locked:
+        if self._locked or not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         _take_lock(self.path / LOCK)
@@ -62,7 +64,7 @@ class RunWorkspace:
 
     def commit(self) -> None:
         """Swap a staged run in place of the old one (two renames in one directory)."""
-        if self.path == self.run_dir:
+        if self.path == self.run_dir or not self.writer:
             return
         self.release()
         old = self.run_dir.parent / f".{self.run_dir.name}.old-{os.getpid()}"
@@ -179,3 +181,4 @@ def remove_orphans(directory: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+

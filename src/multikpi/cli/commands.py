@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from multikpi import api
 from multikpi.api.compare import compare as run_compare
@@ -14,7 +17,8 @@ from multikpi.artifacts.files import write_json
 from multikpi.artifacts.outputs import check_output_path
 from multikpi.artifacts.workspace import staging_dir
 from multikpi.config.load import load_config, load_raw_config
-from multikpi.data.tabular import file_format, write_table
+from multikpi.data.datasets import write_parts
+from multikpi.data.tabular import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format, write_table
 from multikpi.errors import ConfigError, DataError, Interrupted, Terminated
 from multikpi.report.compare import render_markdown
 from multikpi.report.tables import render_table
@@ -33,18 +37,59 @@ DATASETS: dict[str, Callable[[int, int, int, float | None, float | None], pa.Tab
 CORRELATED_DATASETS = ("mmoe-synthetic",)
 
 
+GROUP_COLUMNS = {"feed": "request_id"}  # group ids that must stay distinct across the parts of a dataset
+PART_ROWS = 500_000  # --part-rows default: rows per part when --out is a directory
+_PART_TAG = 0x9A27
+
+
 def make_data(args: argparse.Namespace) -> None:
     if args.rows <= 0:
         raise DataError(f"--rows must be a positive integer. Got {args.rows}")
-    file_format(args.out)
-    check_output_path(args.out, "--out")
     if args.seed < 0 or args.world_seed < 0:
         raise DataError(f"--seed and --world-seed must be >= 0. Got {args.seed} and {args.world_seed}")
     _check_correlation(args.kind, args.correlation)
     _check_temperature(args.kind, args.temperature)
+    if _is_directory_output(args.out) or args.part_rows is not None:
+        return _make_parts(args)
+    file_format(args.out)
+    check_output_path(args.out, "--out")
     table = DATASETS[args.kind](args.rows, args.seed, args.world_seed, args.correlation, args.temperature)
     write_table(table, args.out)
     print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {args.out}")
+
+
+def _is_directory_output(out: str) -> bool:
+    """--out names a directory (a dataset of parts): it ends in '/', or exists as a directory, or has
+    no data-file suffix."""
+    name = out.lower()
+    return out.endswith("/") or Path(out).is_dir() or not name.endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)
+
+
+def _make_parts(args: argparse.Namespace) -> None:
+    """A directory of Parquet parts of at most --part-rows rows, each generated and written alone
+    (memory holds one part); part i has its own row seed derived from (--seed, i), and group ids
+    are offset so that no group spans two parts."""
+    part_rows = args.part_rows if args.part_rows is not None else PART_ROWS
+    if part_rows <= 0:
+        raise DataError(f"--part-rows must be a positive integer. Got {part_rows}")
+    if not _is_directory_output(args.out):
+        raise DataError(f"--part-rows writes a directory of Parquet parts; give --out a directory. Got {args.out!r}")
+    counts = [min(part_rows, args.rows - start) for start in range(0, args.rows, part_rows)]
+    group = GROUP_COLUMNS.get(args.kind)
+
+    def parts() -> Iterator[pa.Table]:
+        offset = 0
+        for index, rows in enumerate(counts):
+            seed = int(np.random.SeedSequence([args.seed, index, _PART_TAG]).generate_state(1)[0])
+            table = DATASETS[args.kind](rows, seed, args.world_seed, args.correlation, args.temperature)
+            if group is not None:
+                ids = pc.add(table.column(group), offset)
+                offset = int(pc.max(ids).as_py()) + 1
+                table = table.set_column(table.column_names.index(group), group, ids)
+            yield table
+
+    files = write_parts(parts(), args.out)
+    print(f"wrote {args.rows:,} rows in {len(files)} Parquet part(s) to {args.out}")
 
 
 def _check_correlation(kind: str, correlation: float | None) -> None:
@@ -83,8 +128,9 @@ def train(args: argparse.Namespace) -> None:
         run = api.train(config, out_dir=run_dir, resume=args.resume is not None, overwrite=args.overwrite)
     except (KeyboardInterrupt, Terminated) as err:
         raise _interrupted(err, run_dir, args.config) from None
-    print(format_metrics(run.metrics.splits))
-    print(f"run written to {run.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for every process
+        print(format_metrics(run.metrics.splits))
+        print(f"run written to {run.run_dir}")
 
 
 def _interrupted(err: BaseException, run_dir: Path, config: str) -> Interrupted:

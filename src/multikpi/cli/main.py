@@ -13,7 +13,7 @@ from collections.abc import Callable
 from multikpi.cli.decide_parsers import add_parsers as add_decide_parsers
 from multikpi.cli.report_commands import add_parser as add_report_parser
 from multikpi.cli.serve_commands import add_parsers as add_serve_parsers
-from multikpi.errors import MultiKPIError, Terminated
+from multikpi.errors import MultiKPIError, PeerFailed, Terminated
 
 DATASETS = ("feed", "mmoe-synthetic")  # `make-data` kinds; the generators are in commands.DATASETS
 Command = Callable[[argparse.Namespace], int | None]
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-data", help="write a built-in synthetic dataset")
     p.add_argument("kind", choices=DATASETS)
     p.add_argument("--rows", type=int, required=True)
-    p.add_argument("--out", required=True, help="output .parquet or .csv")
+    p.add_argument("--out", required=True, help="output .parquet or .csv, or a directory: a dataset of Parquet parts")
+    p.add_argument("--part-rows", type=int, default=None,
+                   help="rows per Parquet part when --out is a directory (default 500000); made one at a time")
     p.add_argument("--seed", type=int, default=0, help="row seed (files with different seeds share one world)")
     p.add_argument("--world-seed", type=int, default=2024)
     p.add_argument("--correlation", type=float, default=None,
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _command(args.command)(args) or 0
+    except PeerFailed as err:  # another torchrun process failed and printed why
+        return err.exit_code
     except MultiKPIError as err:
         print(f"multikpi {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code

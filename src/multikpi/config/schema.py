@@ -51,6 +51,26 @@ class DataSpec(Spec):
     position: ColumnName | None = Field(None, description="column of the logged position: trains a shallow position "
                                                    "tower that multiplies the binary tasks' probabilities by the "
                                                    "position's examination (PAL), dropped at prediction")
+    # Scale (docs/scale.md): datasets of any size, streamed, on several processes.
+    streaming: Literal["auto", "on", "off"] = Field(
+        "auto", description="on = stream train from its Parquet files in bounded memory; auto = stream when the "
+                            "splits would not fit comfortably in memory")
+    shuffle_buffer: int = Field(100_000, ge=1, le=1 << 26, description="streaming: rows in the shuffle buffers")
+    shards: PositiveInt | Literal["auto"] = Field(
+        "auto", description="streaming and torchrun: row intervals read side by side, a multiple of the processes; "
+                            "auto = the least common multiple of 8 and the processes")
+    max_vocab: PositiveInt | None = Field(None, description="most ids kept per categorical column (the most frequent)")
+    hash_buckets: int = Field(0, ge=0, le=1 << 26, description=(
+        "ids outside a vocabulary share this many hashed embedding rows per column instead of one; 0 = off"))
+    eval_sample_rows: PositiveInt = Field(1_000_000, description=(
+        "streaming and torchrun: rows of valid/test kept in memory for calibration and centring (metrics use "
+        "every row)"))
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        """YAML reads a bare on/off as a boolean; accept it as the word the user wrote."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class TaskSpec(Spec):

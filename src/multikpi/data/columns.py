@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from multikpi.data.hashing import bucket_codes, collision_rate
 from multikpi.errors import DataError
 
 
@@ -35,23 +36,43 @@ def check_id_type(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     return column
 
 
-def fit_encode_ids(column: pa.ChunkedArray, name: str,
-                   min_frequency: int) -> tuple[pa.Array, np.ndarray, dict[str, float]]:
+def fit_encode_ids(column: pa.ChunkedArray, name: str, min_frequency: int, max_vocab: int | None = None,
+                   hash_buckets: int = 0) -> tuple[pa.Array, np.ndarray, dict[str, float]]:
     """(vocabulary, codes, counts): the sorted distinct non-null values seen at least
-    `min_frequency` times, each row's index in it + 1 (0 for null and rare ids), and counts:
-    `distinct` non-null values before the frequency cut, and `singletons`, the ids seen once."""
+    `min_frequency` times (the `max_vocab` most frequent of them, when set), each row's index in it
+    + 1 (0 for null and rare ids, or with `hash_buckets` B > 0 the rare ids' hash bucket
+    len(vocabulary) + 1 .. len(vocabulary) + B), and counts: `distinct` non-null values before the
+    frequency cut, `singletons`, the ids seen once, and with buckets the `hash_collision_rate`."""
     column = check_id_type(column, name)
     encoded = pc.dictionary_encode(column.combine_chunks())
     distinct = encoded.dictionary
     codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32) + 1
     frequency = np.bincount(codes, minlength=len(distinct) + 1)[1:]
-    keep = frequency >= min_frequency
+    keep = top_frequent(distinct, frequency, min_frequency, max_vocab)
     order = pc.sort_indices(distinct).to_numpy()
     kept = order[keep[order]]
     remap = np.zeros(len(distinct) + 1, dtype=np.int32)
     remap[kept + 1] = np.arange(1, len(kept) + 1)
     counts: dict[str, float] = {"distinct": len(distinct), "singletons": int((frequency == 1).sum())}
+    if hash_buckets > 0:
+        tail = np.flatnonzero(~keep)
+        remap[tail + 1] = bucket_codes(distinct.take(pa.array(tail)), np.zeros(tail.size, dtype=np.int32),
+                                       len(kept), hash_buckets)
+        counts["hash_collision_rate"] = collision_rate(remap[tail + 1], frequency[tail])
     return distinct.take(pa.array(kept)), remap[codes], counts
+
+
+def top_frequent(values: pa.Array, frequency: np.ndarray, min_frequency: int, max_vocab: int | None) -> np.ndarray:
+    """(K,) bool: the values seen at least `min_frequency` times, and of those the `max_vocab` most
+    frequent (ties broken by value order, so the choice is deterministic)."""
+    keep = frequency >= min_frequency
+    if max_vocab is not None and int(keep.sum()) > max_vocab:
+        by_value = pc.sort_indices(values).to_numpy()
+        ranked = by_value[np.argsort(-frequency[by_value], kind="stable")]
+        keep = np.zeros(len(frequency), dtype=bool)
+        keep[ranked[:max_vocab]] = True
+        keep &= frequency >= min_frequency
+    return keep
 
 
 def _id_kind(type_: pa.DataType) -> str:
@@ -106,6 +127,12 @@ def finite_values(values: np.ndarray, name: str, log1p: bool) -> np.ndarray:
     if log1p:
         return np.log1p(np.maximum(values, 0.0))
     return values if values.flags.writeable else values.copy()  # Arrow's zero-copy view is read-only
+
+
+def dense_values(column: pa.ChunkedArray | pa.Array, name: str, log1p: bool) -> np.ndarray:
+    """float64 values of a dense column (NaN for null), log1p'd if asked; DataError for Inf or a
+    non-numeric column. The streaming fit (stream_fit.py) reads its batches through this."""
+    return _dense_values(pa.chunked_array([column]) if isinstance(column, pa.Array) else column, name, log1p)
 
 
 DenseEncoding = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # standardized, missing, bin codes

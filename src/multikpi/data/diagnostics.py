@@ -27,7 +27,7 @@ def oov_warnings(encoder: FeatureEncoder, data: EncodedData, split: str) -> list
     rows from the training distribution would have (`expected_oov_rate`, see encoders.py): ids of
     another type or another id space, a new catalogue, ..."""
     warnings = []
-    for column, rate in zip(encoder.categorical, data.oov_rates()):
+    for column, rate in zip(encoder.categorical, data.oov_rates([len(v) for v in encoder.vocabs.values()])):
         stats = encoder.column_stats.get(column, {})
         expected = stats.get("expected_oov_rate", stats.get("train_oov_rate", 0.0))
         # flagged when more than half of the rows expected in vocabulary are not (and by OOV_GAP)

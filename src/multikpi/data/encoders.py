@@ -29,6 +29,7 @@ import torch
 
 from multikpi.data.columns import DenseEncoding, encode_ids, fit_encode_dense, fit_encode_ids, standardize
 from multikpi.data.encoders_file import parse_encoders_file
+from multikpi.data.hashing import bucket_codes
 from multikpi.data.labels import (
     ColumnSource,
     LabelStats,
@@ -68,8 +69,16 @@ class EncodedData:
     def num_rows(self) -> int:
         return int(self.categorical.shape[0])
 
-    def oov_rates(self) -> np.ndarray:
-        """(F,) share of rows whose id is out of vocabulary, per categorical column."""
+    def oov_rates(self, vocab_lengths: list[int] | None = None) -> np.ndarray:
+        """(F,) share of rows whose id is out of vocabulary, per categorical column. With
+        `vocab_lengths` (the vocabularies' sizes), a hash-bucket code (> the size) counts as out of
+        vocabulary too; only the first len(vocab_lengths) columns are returned then."""
+        if vocab_lengths is not None:
+            codes = self.categorical[:, :len(vocab_lengths)]
+            if self.num_rows == 0:
+                return np.zeros(len(vocab_lengths))
+            outside = (codes == 0) | (codes > torch.tensor(vocab_lengths, dtype=codes.dtype))
+            return outside.float().mean(dim=0).numpy().astype(np.float64)
         if self.num_rows == 0:
             return np.zeros(self.categorical.shape[1])
         return (self.categorical == 0).float().mean(dim=0).numpy().astype(np.float64)
@@ -80,16 +89,20 @@ class FeatureEncoder:
 
     vocabs: categorical column -> its vocabulary; dense_stats: dense column -> mean, std, log1p,
     indicator; labels: task -> LabelStats; column_stats: categorical column -> distinct ids,
-    vocabulary size and OOV rate in train; weight: the sample-weight column or None."""
+    vocabulary size and OOV rate in train; weight: the sample-weight column or None; hash_buckets:
+    categorical column -> B > 0 when its ids outside the vocabulary are hashed into B buckets
+    (embedding rows len(vocab) + 1 .. len(vocab) + B) instead of sharing row 0."""
 
     def __init__(self, *, vocabs: dict[str, pa.Array], dense_stats: dict[str, dict[str, Any]],
                  labels: dict[str, LabelStats], column_stats: dict[str, dict[str, float]] | None = None,
-                 weight: str | None = None, position: tuple[str, pa.Array] | None = None):
+                 weight: str | None = None, hash_buckets: Mapping[str, int] | None = None,
+                 position: tuple[str, pa.Array] | None = None):
         self.vocabs = vocabs
         self.dense_stats = dense_stats
         self.labels = labels
         self.column_stats = column_stats or {}
         self.weight = weight
+        self.hash_buckets = {c: int(b) for c, b in (hash_buckets or {}).items() if b > 0}
         self.position = position  # (column, vocabulary of the logged positions), or None
 
     @property
@@ -115,7 +128,7 @@ class FeatureEncoder:
         """Rows of each embedded column's table, including row 0 (out of vocabulary / missing): the
         categorical columns, then the binned dense columns."""
         bins = [len(self.dense_stats[c]["bin_edges"]) + 2 for c in self.binned]
-        return [len(v) + 1 for v in self.vocabs.values()] + bins
+        return [len(v) + 1 + self.hash_buckets.get(c, 0) for c, v in self.vocabs.items()] + bins
 
     @property
     def label_columns(self) -> list[str]:
@@ -151,13 +164,14 @@ class FeatureEncoder:
         categorical = np.empty((table.num_rows, len(columns.categorical) + binned), dtype=np.int32)
 
         def fit_column(i: int, column: str) -> tuple[pa.Array, dict[str, float]]:
-            vocab, categorical[:, i], counts = fit_encode_ids(table.column(column), column, columns.min_frequency)
+            vocab, categorical[:, i], counts = fit_encode_ids(table.column(column), column, columns.min_frequency,
+                                                              columns.max_vocab, columns.hash_buckets)
             return vocab, counts
 
         fitted = _in_parallel([partial(fit_column, i, c) for i, c in enumerate(columns.categorical)])
         vocabs = {c: vocab for c, (vocab, _) in zip(columns.categorical, fitted)}
         column_stats = _column_stats(columns.categorical, [counts for _, counts in fitted], vocabs,
-                                     categorical[:, :len(columns.categorical)])
+                                     categorical[:, :len(columns.categorical)], columns.hash_buckets)
         # Dense columns are decoded and standardized once: statistics and values in one job each.
         fitted_dense = _in_parallel([partial(fit_encode_dense, table.column(c), c, c in columns.log1p,
                                              columns.numeric_bins) for c in columns.dense])
@@ -170,7 +184,8 @@ class FeatureEncoder:
             _require_columns(table, [columns.position])
             position = (columns.position, fit_encode_ids(table.column(columns.position), columns.position, 1)[0])
         encoder = cls(vocabs=vocabs, dense_stats=dense_stats, labels=label_stats, column_stats=column_stats,
-                      weight=columns.weight, position=position)
+                      weight=columns.weight, hash_buckets={c: columns.hash_buckets for c in columns.categorical},
+                      position=position)
         return encoder, encoder._encode_rest(table, categorical, with_labels=True, standardized=standardized)
 
     def encode(self, table: ColumnSource, with_labels: bool = True) -> EncodedData:
@@ -182,7 +197,10 @@ class FeatureEncoder:
         categorical = np.empty((table.num_rows, len(self.vocabs) + len(self.binned)), dtype=np.int32)
 
         def encode_column(i: int, column: str) -> None:
-            categorical[:, i] = encode_ids(table.column(column), self.vocabs[column], column)
+            values = table.column(column)
+            codes = encode_ids(values, self.vocabs[column], column)
+            buckets = self.hash_buckets.get(column, 0)
+            categorical[:, i] = bucket_codes(values, codes, len(self.vocabs[column]), buckets) if buckets else codes
 
         _in_parallel([partial(encode_column, i, c) for i, c in enumerate(self.vocabs)])
         return self._encode_rest(table, categorical, with_labels)
@@ -245,15 +263,19 @@ class FeatureEncoder:
         """A copy whose log1p regression tasks carry the fitted smearing factors."""
         labels = {t: replace(s, smearing=float(factors[t])) if t in factors else s for t, s in self.labels.items()}
         return FeatureEncoder(vocabs=self.vocabs, dense_stats=self.dense_stats, labels=labels,
-                              column_stats=self.column_stats, weight=self.weight, position=self.position)
+                              column_stats=self.column_stats, weight=self.weight, hash_buckets=self.hash_buckets,
+                              position=self.position)
 
     def files(self) -> dict[str, bytes]:
         """The encoders as files: file name -> bytes, one Parquet vocabulary per categorical column
         (`vocab_000.parquet`, ...) and `encoders.json`, last. The run directory writes them atomically."""
         out = {f"vocab_{i:03d}.parquet": _parquet_bytes(vocab) for i, vocab in enumerate(self.vocabs.values())}
-        meta = {"categorical": self.categorical, "dense": self.dense_stats, "column_stats": self.column_stats,
-                "weight": self.weight, "labels": {name: asdict(stats) for name, stats in self.labels.items()},
-                "position": self.position[0] if self.position is not None else None}
+        meta: dict[str, Any] = {"categorical": self.categorical, "dense": self.dense_stats,
+                                "column_stats": self.column_stats, "weight": self.weight,
+                                "labels": {name: asdict(stats) for name, stats in self.labels.items()},
+                                "position": self.position[0] if self.position is not None else None}
+        if self.hash_buckets:
+            meta["hash_buckets"] = self.hash_buckets
         if self.position is not None:
             out["position_vocab.parquet"] = _parquet_bytes(self.position[1])
         out["encoders.json"] = json.dumps(meta, indent=1).encode()
@@ -286,7 +308,7 @@ class FeatureEncoder:
         labels = {name: LabelStats(**stats.model_dump()) for name, stats in meta.labels.items()}
         dense = {c: stats.model_dump(exclude_none=True) for c, stats in meta.dense.items()}
         return cls(vocabs=vocabs, dense_stats=dense, labels=labels, column_stats=meta.column_stats,
-                   weight=meta.weight, position=position)
+                   weight=meta.weight, hash_buckets=meta.hash_buckets, position=position)
 
 
 def _parquet_bytes(vocab: pa.Array) -> bytes:
@@ -306,15 +328,25 @@ def _read_vocab(path: Path, column: str) -> pa.Array:
 
 
 def _column_stats(names: tuple[str, ...], counts: list[dict[str, float]], vocabs: dict[str, pa.Array],
-                  codes: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per categorical column: distinct ids, vocabulary size, the OOV rate of the training rows, and
-    the expected OOV rate of new rows from the same distribution: the training OOV rate plus the
-    Good–Turing estimate of the unseen mass, ids seen once / rows (Good 1953)."""
+                  codes: np.ndarray, hash_buckets: int = 0) -> dict[str, dict[str, float]]:
+    """Per categorical column: distinct ids, vocabulary size, the OOV rate of the training rows (ids
+    outside the vocabulary, hashed or not, and nulls), and the expected OOV rate of new rows from
+    the same distribution: the training OOV rate plus the Good–Turing estimate of the unseen mass,
+    ids seen once / rows (Good 1953). Also `train_coverage` (1 − train OOV rate), `exact` (1: the
+    counts are exact, as here in memory) and, with hash buckets, `hash_buckets` and
+    `hash_collision_rate` (data/hashing.py)."""
     rows = max(codes.shape[0], 1)
-    oov = (codes == 0).mean(axis=0) if codes.shape[0] else np.zeros(len(names))
-    return {c: {"distinct": count["distinct"], "vocab": len(vocabs[c]), "train_oov_rate": float(rate),
-                "expected_oov_rate": float(min(1.0, rate + count["singletons"] / rows))}
-            for c, count, rate in zip(names, counts, oov)}
+    sizes = np.array([len(vocabs[c]) for c in names])
+    outside = (codes == 0) | (codes > sizes)
+    oov = outside.mean(axis=0) if codes.shape[0] else np.zeros(len(names))
+    stats = {}
+    for c, count, rate in zip(names, counts, oov):
+        stats[c] = {"distinct": count["distinct"], "vocab": len(vocabs[c]), "train_oov_rate": float(rate),
+                    "expected_oov_rate": float(min(1.0, rate + count["singletons"] / rows)),
+                    "train_coverage": float(1.0 - rate), "exact": 1.0}
+        if hash_buckets > 0:
+            stats[c].update(hash_buckets=float(hash_buckets), hash_collision_rate=count["hash_collision_rate"])
+    return stats
 
 
 def _require_columns(table: ColumnSource, columns: list[str]) -> None:

@@ -47,6 +47,7 @@ class EncodersFile(_Strict):
     labels: dict[str, LabelStatsFile] = Field(min_length=1)
     column_stats: dict[str, dict[str, float]] = Field(default_factory=dict)
     weight: str | None = None
+    hash_buckets: dict[str, int] = Field(default_factory=dict)  # column -> B > 0: its tail is hashed into B rows
     position: str | None = None
 
 
@@ -61,4 +62,8 @@ def parse_encoders_file(payload: Any, source: str) -> EncodersFile:
     duplicates = sorted({c for c in parsed.categorical if parsed.categorical.count(c) > 1})
     if duplicates:
         raise ArtifactError(f"{source} is not a valid encoders file: categorical columns {duplicates} appear twice")
+    bad = sorted(c for c, b in parsed.hash_buckets.items() if c not in parsed.categorical or not 0 < b <= 1 << 26)
+    if bad:
+        raise ArtifactError(f"{source} is not a valid encoders file: `hash_buckets` of {bad} must name categorical "
+                            f"columns with 1 to {1 << 26} buckets")
     return parsed

@@ -10,7 +10,9 @@ class ColumnSpec:
     """Input columns. `log1p` names dense columns to log1p before standardizing; ids seen fewer than
     `min_frequency` times in train map to out-of-vocabulary; `weight` is the sample-weight column;
     `numeric_bins` > 0 also gives each dense column a binned categorical input (columns.py);
-    `position`: the logged position, read with the labels only (training and evaluation), never at prediction."""
+    `position`: the logged position, read with the labels only (training and evaluation), never at prediction;
+    `max_vocab` caps each vocabulary at its most frequent ids; `hash_buckets` > 0 hashes the ids
+    outside the vocabulary into that many buckets per column instead of one out-of-vocabulary row."""
 
     categorical: tuple[str, ...] = ()
     dense: tuple[str, ...] = ()
@@ -19,6 +21,8 @@ class ColumnSpec:
     weight: str | None = None
     numeric_bins: int = 0
     position: str | None = None
+    max_vocab: int | None = None
+    hash_buckets: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
 """Holding out a validation split from the training rows, by row or by group.
 
+Streamed datasets (`HashHoldout`) hold out by hash instead, so that a row's side is known from the
+row alone, in any reader and any order: a row (or its group) is held out when
+hash(seed, group value or global row number) / 2^64 < fraction. The share is `fraction` in
+expectation, not exactly; the in-memory split below is exact.
+
 With a group column (a request / page-view id), whole groups go to one side, so that no request
 is split between training and validation (ranking metrics and calibration need whole requests, and
 rows of one request share their context). The choice is a seeded permutation of the distinct groups
@@ -7,9 +12,12 @@ rows of one request share their context). The choice is a seeded permutation of 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
+from multikpi.data.hashing import hash_rows, hash_values, unit_interval
 from multikpi.data.labels import ColumnSource
 from multikpi.errors import DataError
 
@@ -54,3 +62,26 @@ def group_values(source: ColumnSource, column: str) -> np.ndarray:
         raise DataError(f"group column {column!r} has {values.null_count} null value(s); every row needs a group "
                         f"to hold out a validation split by group")
     return np.asarray(values.to_numpy(zero_copy_only=False))
+
+
+@dataclass(frozen=True)
+class HashHoldout:
+    """The held-out valid share of a streamed dataset: a row is held out when the hash of its
+    `group` value (of its global row number when `group` is None), salted with `seed`, falls in
+    the first `fraction` of the hash range."""
+
+    fraction: float
+    seed: int
+    group: str | None = None
+
+    def held_out(self, table: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """(N,) bool for the rows of `table`, whose global row numbers are `rows` (N,)."""
+        if self.group is None:
+            hashes = hash_rows(rows, self.seed)
+        else:
+            values = table.column(self.group)
+            if values.null_count:
+                raise DataError(f"group column {self.group!r} has {values.null_count} null value(s); every row "
+                                f"needs a group to hold out a validation split by group")
+            hashes = hash_values(values, self.seed)
+        return unit_interval(hashes) < self.fraction

@@ -147,6 +147,9 @@ class GradNorm(nn.Module, LossCombiner):
         self.alpha = alpha
         self.register_buffer("initial_losses", torch.full((len(tasks),), float("nan")))
         self.tasks = list(tasks)
+        # Under DDP (training/distributed.py): (T, *W.shape) per-task gradients -> their mean over
+        # the processes, so that every process computes the same G_t, hence the same weights.
+        self.average_gradient: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         self._renormalize()
@@ -156,9 +159,14 @@ class GradNorm(nn.Module, LossCombiner):
         first = torch.isnan(self.initial_losses[index])
         self.initial_losses[index] = torch.where(first, current, self.initial_losses[index])
         weights = torch.stack([self.task_weights[t] for t in present])
-        norms = torch.stack([
-            torch.autograd.grad(losses[t], self.shared_weight[0], retain_graph=True)[0].norm() for t in present
-        ])
+        if self.average_gradient is None:
+            norms = torch.stack([
+                torch.autograd.grad(losses[t], self.shared_weight[0], retain_graph=True)[0].norm() for t in present
+            ])
+        else:  # distributed: ‖∇_W L_t‖ of the global loss, from the mean of every process's gradient
+            grads = torch.stack([torch.autograd.grad(losses[t], self.shared_weight[0], retain_graph=True)[0]
+                                 for t in present])
+            norms = self.average_gradient(grads).flatten(1).norm(dim=1)
         grad_norms = weights * norms  # G_t, differentiable in w only
         ratios = current / self.initial_losses[index].clamp_min(1e-12)
         relative = ratios / ratios.mean()

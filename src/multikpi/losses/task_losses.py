@@ -69,3 +69,22 @@ def task_losses(outputs: dict[str, torch.Tensor], labels: torch.Tensor, kinds: M
         per_row = PER_ROW[kind](outputs[task], target, power)
         losses[task] = (per_row * weight).sum() / total_weight
     return losses
+
+
+def task_loss_sums(outputs: dict[str, torch.Tensor], labels: torch.Tensor, kinds: Mapping[str, str],
+                   weights: torch.Tensor | None = None,
+                   tweedie_power: Mapping[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parts of `task_losses` before the division, for every task (also unlabelled ones):
+    ((T,) Σ_i w_i·loss_i over the labelled rows, differentiable; (T,) Σ_i w_i over them). A batch
+    of 0 rows gives zeros that are still connected to the outputs, so that every process of a
+    distributed step back-propagates through the same parameters (training/distributed.py)."""
+    sums, totals = [], []
+    for column, (task, kind) in enumerate(kinds.items()):
+        target = labels[:, column]
+        labelled = ~torch.isnan(target)
+        weight = labelled.to(target.dtype) if weights is None else torch.where(labelled, weights, 0.0)
+        target = torch.where(labelled, target, torch.zeros_like(target))
+        per_row = PER_ROW[kind](outputs[task], target, (tweedie_power or {}).get(task, 1.5))
+        sums.append((per_row * weight).sum())
+        totals.append(weight.sum())
+    return torch.stack(sums), torch.stack(totals).detach()

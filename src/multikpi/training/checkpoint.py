@@ -24,6 +24,7 @@ from torch import nn
 
 from multikpi.artifacts.files import write_atomic
 from multikpi.artifacts.run_dir import CHECKPOINT
+from multikpi.data.datasets import ParquetDataset, is_single_local_file
 from multikpi.errors import ArtifactError
 from multikpi.optim.build import OptimizerSet
 
@@ -46,8 +47,9 @@ class LoopState:
 
 
 def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner: nn.Module,
-                    optimizers: OptimizerSet) -> None:
-    """Atomically write run_dir/checkpoint.pt (temporary file, fsync, rename)."""
+                    optimizers: OptimizerSet, rng_by_rank: list[torch.Tensor] | None = None) -> None:
+    """Atomically write run_dir/checkpoint.pt (temporary file, fsync, rename). A distributed run
+    (rank 0) also stores every rank's torch RNG state, `rng_by_rank`, and so its number of processes."""
     payload = {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -64,6 +66,8 @@ def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner:
         "done": state.done,
         "data_fingerprint": state.data_fingerprint,
     }
+    if rng_by_rank is not None:
+        payload.update(torch_rng_by_rank=rng_by_rank, world_size=len(rng_by_rank))
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
@@ -76,25 +80,41 @@ _PAYLOAD: dict[str, type | tuple[type, ...]] = {
             "epochs_log": list, "selection": (dict, type(None)), "done": bool, "data_fingerprint": dict}
 
 
-def load_checkpoint(run_dir: Path, model: nn.Module, combiner: nn.Module, optimizers: OptimizerSet) -> LoopState:
-    """Restore model, combiner, optimizers and the torch RNG from run_dir/checkpoint.pt; return
-    the loop position. Raises ArtifactError when there is no readable, valid checkpoint."""
+def read_checkpoint_bytes(run_dir: Path) -> bytes:
+    """The bytes of run_dir/checkpoint.pt (rank 0 reads them and sends them to the other ranks)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ArtifactError(f"cannot resume: {str(path)!r} does not exist (no checkpoint was written yet)")
+    return path.read_bytes()
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, combiner: nn.Module, optimizers: OptimizerSet,
+                    data: bytes | None = None, rank: int = 0, world_size: int = 1) -> LoopState:
+    """Restore model, combiner, optimizers and the torch RNG from run_dir/checkpoint.pt (or its
+    bytes `data`); return the loop position. A distributed run restores rank `rank`'s RNG state
+    and must have the checkpoint's number of processes. Raises ArtifactError when there is no
+    readable, valid checkpoint."""
+    path = run_dir / CHECKPOINT
+    if data is None:
+        data = read_checkpoint_bytes(run_dir)
     try:
-        payload = torch.load(path, weights_only=True)
+        payload = torch.load(io.BytesIO(data), weights_only=True)
     except pickle.UnpicklingError:
         raise ArtifactError(f"{str(path)!r} is not a valid multikpi checkpoint: it holds objects other than "
                             f"tensors, numbers and strings, which are never loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ArtifactError(f"checkpoint {str(path)!r} cannot be read: {_first_line(err)}") from None
     _check_payload(payload, path)
+    stored_world = payload.get("world_size", 1)
+    if stored_world != world_size:
+        raise ArtifactError(f"cannot resume {str(run_dir)!r}: it was trained on {stored_world} process(es) and is "
+                            f"resumed on {world_size}; resume it with the same number (torchrun --nproc-per-node)")
     try:
         model.load_state_dict(payload["model"])
         combiner.load_state_dict(payload["combiner"])
         optimizers.load_state_dict(payload["optimizers"])
-        torch.set_rng_state(payload["torch_rng"])
+        rng = payload["torch_rng_by_rank"][rank] if "torch_rng_by_rank" in payload else payload["torch_rng"]
+        torch.set_rng_state(rng)
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise ArtifactError(f"checkpoint {str(path)!r} does not fit this model: {_first_line(err)}") from None
     return LoopState(
@@ -124,6 +144,9 @@ def data_fingerprint(paths: dict[str, str | None]) -> dict[str, Any]:
     `--resume` compares, so that a run never continues on data that changed under it."""
     out: dict[str, Any] = {}
     for split, name in paths.items():
+        if name is not None and not is_single_local_file(name):
+            out[split] = ParquetDataset(name, []).fingerprint()  # a directory, a glob or a URI
+            continue
         if name is None or not Path(name).is_file():
             continue
         path = Path(name)

@@ -3,8 +3,9 @@ returns the loss (torchrec's `DLRMTrain` pattern). The recipe, the benchmarks an
 with `build_training`; a DistributedDataParallel wrapper wraps it whole, learned loss weights included."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -29,11 +30,27 @@ class StepOutput:
     outputs: dict[str, torch.Tensor]
 
 
+# (outputs, labels, loss kinds, weights, tweedie powers) -> task -> loss; see training/distributed.py
+LossReduction = Callable[[dict[str, torch.Tensor], torch.Tensor, Mapping[str, str], torch.Tensor | None,
+                          Mapping[str, float]], dict[str, torch.Tensor]]
+
+
+class TrainingModule(Protocol):
+    """What train_step drives: MultiTaskTraining, or its DistributedDataParallel wrapper."""
+
+    @property
+    def model(self) -> MultiTaskModel: ...
+
+    def __call__(self, batch: Batch) -> StepOutput: ...
+
+
 class MultiTaskTraining(nn.Module):
     """model: outputs per task; combiner: per-task losses -> one scalar; loss_kinds: task -> binary |
     regression | poisson | tweedie (`losses.task_losses.PER_ROW`); tweedie_power: task -> p.
 
-    forward(batch) -> StepOutput. Parameters: `model.*` and `combiner.*`."""
+    forward(batch) -> StepOutput. Parameters: `model.*` and `combiner.*`. `loss_reduction`, when set
+    (by training/distributed.py under DDP), replaces the per-batch task means by means over the
+    global batch of every process."""
 
     def __init__(self, *, model: MultiTaskModel, combiner: nn.Module, loss_kinds: dict[str, str],
                  tweedie_power: dict[str, float] | None = None):
@@ -42,6 +59,7 @@ class MultiTaskTraining(nn.Module):
         self.combiner = combiner
         self.loss_kinds = dict(loss_kinds)
         self.tweedie_power = dict(tweedie_power or {})
+        self.loss_reduction: LossReduction | None = None
 
     @property
     def loss_combiner(self) -> LossCombiner:
@@ -50,7 +68,10 @@ class MultiTaskTraining(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:
         outputs = self.model(batch)  # logits and output units are float32 whatever the autocast dtype
-        losses = task_losses(outputs, batch.labels, self.loss_kinds, batch.weights, self.tweedie_power)
+        if self.loss_reduction is not None:
+            losses = self.loss_reduction(outputs, batch.labels, self.loss_kinds, batch.weights, self.tweedie_power)
+        else:
+            losses = task_losses(outputs, batch.labels, self.loss_kinds, batch.weights, self.tweedie_power)
         total = self.loss_combiner(losses) if losses else None
         return StepOutput(total, losses, outputs)
 

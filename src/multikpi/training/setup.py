@@ -9,10 +9,10 @@ import pyarrow as pa
 import torch
 
 from multikpi.config.schema import RunConfig
+from multikpi.data.datasets import open_source
 from multikpi.data.encoders import ColumnSource, EncodedData, FeatureEncoder
 from multikpi.data.specs import ColumnSpec, LabelSpec
 from multikpi.data.split import RowSubset, group_values, holdout_rows
-from multikpi.data.tabular import open_columns
 from multikpi.models.esmm import check_entire_space_labels
 
 logger = logging.getLogger("multikpi")
@@ -33,9 +33,10 @@ def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
     """The config's input columns and each task's label, as the data layer's plain specs."""
     data = config.data
     columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
-                         data.weight, data.numeric_bins, data.position)
+                         data.weight, data.numeric_bins, data.position, max_vocab=data.max_vocab,
+                         hash_buckets=data.hash_buckets)
     labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power,
-                               task.clip)
+                              task.clip)
               for name, task in config.tasks.items()}
     return columns, labels
 
@@ -56,7 +57,7 @@ def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedDat
     data = config.data
     held_out = data.valid is None and data.valid_fraction > 0
     columns = needed_columns(config) + ([data.group] if held_out and data.group else [])
-    train_table: ColumnSource = open_columns(data.train, list(dict.fromkeys(columns)))
+    train_table: ColumnSource = open_source(data.train, list(dict.fromkeys(columns)))
     valid_table: ColumnSource | None = None
     if held_out:
         groups = group_values(train_table, data.group) if data.group else None
@@ -72,7 +73,7 @@ def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedDat
     del train_table, valid_table
     for name, path in (("valid", data.valid), ("test", data.test)):
         if path is not None:
-            splits[name] = encoder.encode(open_columns(path, needed_columns(config)))
+            splits[name] = encoder.encode(open_source(path, needed_columns(config)))
     esmm = config.model.esmm
     if config.model.arch == "esmm" and esmm is not None:  # a data value check: conversions must follow clicks
         for name, encoded in splits.items():

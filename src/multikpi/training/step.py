@@ -7,10 +7,10 @@ from multikpi.data.batches import Batch
 from multikpi.errors import TrainingError
 from multikpi.optim.build import OptimizerSet
 from multikpi.optim.sparse import clip_grad_norm
-from multikpi.training.module import MultiTaskTraining, StepOutput
+from multikpi.training.module import StepOutput, TrainingModule
 
 
-def train_step(training: MultiTaskTraining, optimizers: OptimizerSet, batch: Batch,
+def train_step(training: TrainingModule, optimizers: OptimizerSet, batch: Batch,
                precision: torch.dtype | None = None, grad_clip: float | None = None,
                step: int = 0) -> StepOutput | None:
     """Train on one batch (already on the module's device). Returns the step's losses, or None when

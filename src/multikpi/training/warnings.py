@@ -12,12 +12,13 @@ STILL = 0.05  # a learned log-variance (or GradNorm weight) that moved less than
 
 
 def run_warnings(config: RunConfig, encoder: FeatureEncoder, splits: dict[str, EncodedData], metrics: RunMetrics,
-                 history: list[dict[str, Any]]) -> list[str]:
+                 history: list[dict[str, Any]], train_rows: int | None = None) -> list[str]:
     """One-class binary tasks, nearly unique columns, splits far out of vocabulary or without a
-    labelled row for a task, loss weights that did not move."""
+    labelled row for a task, loss weights that did not move. `train_rows`: the training rows when
+    `splits["train"]` is a sample."""
     warnings = [f"task {task!r} has one class in train (every label is {int(stats.mean)}): it cannot learn to rank"
                 for task, stats in encoder.labels.items() if stats.kind == "binary" and stats.mean in (0.0, 1.0)]
-    warnings += nearly_unique_columns(encoder, splits["train"].num_rows)
+    warnings += nearly_unique_columns(encoder, train_rows if train_rows is not None else splits["train"].num_rows)
     for name in ("valid", "test"):
         if name in splits:
             warnings += oov_warnings(encoder, splits[name], name)
