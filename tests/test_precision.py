@@ -20,11 +20,11 @@ def timings(monkeypatch, tmp_path):
     calls: list[object] = []
     seconds = {"fp32": 1.0, "bf16": 1.0}
 
-    def fake(shapes, batch, kind, dtype, give_up_after=float("inf")):
-        calls.append((kind, batch, dtype))
-        return seconds["bf16" if dtype is torch.bfloat16 else "fp32"]
+    def fake(shapes, batch, kind):
+        calls.append((kind, batch))
+        return seconds["fp32"], seconds["bf16"]
 
-    monkeypatch.setattr(precision, "_time_gemms", fake)
+    monkeypatch.setattr(precision, "_time_both", fake)
     return seconds, calls
 
 
@@ -50,12 +50,12 @@ def test_the_decision_is_cached_per_kind_and_logged(timings, caplog, tmp_path):
     model = _model()
     with caplog.at_level(logging.INFO, logger="multikpi"):
         assert precision.resolve_precision("auto", torch.device("cpu"), model, 512, "train") is torch.bfloat16
-    assert len(calls) == 2 and "fp32 1000.00 ms, bf16 500.00 ms -> bf16 autocast" in caplog.text
+    assert len(calls) == 1 and "fp32 1000.00 ms, bf16 500.00 ms -> bf16 autocast" in caplog.text
     seconds["bf16"] = 5.0  # a second run reads the cache: no probe, the same choice
     assert precision.resolve_precision("auto", torch.device("cpu"), model, 512, "train") is torch.bfloat16
-    assert len(calls) == 2
+    assert len(calls) == 1
     assert precision.resolve_precision("auto", torch.device("cpu"), model, 512, "infer") is None  # its own probe
-    assert len(calls) == 4
+    assert len(calls) == 2
     cache = json.loads((tmp_path / "cache" / "precision.json").read_text())
     assert sorted(entry["bf16"] for entry in cache.values()) == [False, True]
     assert all(f"torch {torch.__version__}" in key for key in cache)
@@ -69,11 +69,11 @@ def test_forced_precisions_never_probe(timings):
     assert calls == []
 
 
-def test_the_real_probe_is_short_and_returns_finite_times():
+def test_the_real_probe_returns_positive_times():
     shapes = precision.gemm_shapes(_model())
-    fp32 = precision._time_gemms(shapes, 256, "train", None)
-    bf16 = precision._time_gemms(shapes, 256, "train", torch.bfloat16)
-    assert 0 < fp32 < 1.0 and 0 < bf16 < 1.0
+    fp32, bf16 = precision._time_both(shapes, 256, "train")
+    assert 0 < fp32 < 1.0 and 0 < bf16
+    assert 0 < precision._time_gemms(shapes, 256, "infer", None) < 1.0
 
 
 def test_an_unwritable_cache_only_means_probing_again(timings, monkeypatch, tmp_path):
@@ -83,4 +83,4 @@ def test_an_unwritable_cache_only_means_probing_again(timings, monkeypatch, tmp_
     _, calls = timings
     for _ in range(2):
         assert precision.resolve_precision("auto", torch.device("cpu"), _model(), 512, "infer") is None
-    assert len(calls) == 4
+    assert len(calls) == 2

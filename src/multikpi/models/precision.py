@@ -17,7 +17,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -85,8 +85,7 @@ def probe_bf16(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> boo
     # (rows x the widest layer) at most PROBE_VALUES, whatever the model's widths.
     widest = max((e * o for e, _, o in shapes), default=1)
     rows = max(1, min(batch, PROBE_ROWS, PROBE_VALUES // widest))
-    fp32 = _time_gemms(shapes, rows, kind, None)
-    bf16 = _time_gemms(shapes, rows, kind, torch.bfloat16, give_up_after=fp32 / MARGIN)
+    fp32, bf16 = _time_both(shapes, rows, kind)
     choice = bf16 < MARGIN * fp32
     logger.info("precision auto (%s): measured the model's GEMMs at batch %d: fp32 %.2f ms, bf16 %s -> %s",
                 kind, rows, 1000 * fp32, f"{1000 * bf16:.2f} ms" if bf16 < float("inf") else "slower by far",
@@ -96,10 +95,32 @@ def probe_bf16(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> boo
     return choice
 
 
-def _time_gemms(shapes: list[tuple[int, int, int]], batch: int, kind: str, dtype: torch.dtype | None,
-                give_up_after: float = float("inf")) -> float:
-    """Median seconds of one pass over the GEMMs (forward, plus backward for training); inf as soon
-    as one pass (the warm-up included) takes longer than `give_up_after` seconds."""
+def _time_both(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> tuple[float, float]:
+    """(fp32, bf16) median seconds of one pass over the GEMMs, the two precisions timed in
+    alternation so that a change in the machine's load hits both alike (on a shared machine a
+    burst of load during one precision's turn would otherwise decide). bf16 is inf when its first
+    passes are slower than fp32 by far (no native bf16: emulated GEMMs take seconds)."""
+    passes = {dtype: _gemm_pass(shapes, batch, kind, dtype) for dtype in (None, torch.bfloat16)}
+    times: dict[torch.dtype | None, list[float]] = {None: [], torch.bfloat16: []}
+    started = time.perf_counter()
+    while len(times[None]) < 7 and (time.perf_counter() - started < 2 * PROBE_SECONDS or len(times[None]) < 3):
+        for dtype, one_pass in passes.items():
+            begin = time.perf_counter()
+            one_pass()
+            times[dtype].append(time.perf_counter() - begin)
+        if len(times[None]) >= 2 and min(times[torch.bfloat16][1:]) > 2 * max(times[None][1:]) / MARGIN:
+            return _median(times[None]), float("inf")
+    return _median(times[None]), _median(times[torch.bfloat16])
+
+
+def _median(times: list[float]) -> float:
+    rest = sorted(times[1:])  # the first pass is a warm-up (kernel choice)
+    return rest[(len(rest) - 1) // 2]
+
+
+def _gemm_pass(shapes: list[tuple[int, int, int]], batch: int, kind: str,
+               dtype: torch.dtype | None) -> Callable[[], None]:
+    """One pass over the GEMMs (forward, plus backward for training) in `dtype` (None: fp32)."""
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(e, i, o, generator=generator, requires_grad=kind == "train") for e, i, o in shapes]
     inputs = [torch.randn(batch, e, i, generator=generator) if e > 1 else torch.randn(batch, i, generator=generator)
@@ -112,15 +133,18 @@ def _time_gemms(shapes: list[tuple[int, int, int]], batch: int, kind: str, dtype
         if kind == "train":
             torch.stack([out.float().sum() for out in outputs]).sum().backward()
 
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < 6 and (time.perf_counter() - started < PROBE_SECONDS or len(times) < 3):
+    return one_pass
+
+
+def _time_gemms(shapes: list[tuple[int, int, int]], batch: int, kind: str, dtype: torch.dtype | None) -> float:
+    """Median seconds of one pass over the GEMMs in `dtype` alone (tests and diagnostics)."""
+    one_pass = _gemm_pass(shapes, batch, kind, dtype)
+    times = []
+    for _ in range(4):
         begin = time.perf_counter()
         one_pass()
         times.append(time.perf_counter() - begin)
-        if times[-1] > 2 * give_up_after:
-            return float("inf")
-    return sorted(times[1:])[(len(times) - 1) // 2]  # the first pass is a warm-up (kernel choice)
+    return _median(times)
 
 
 def _cache_path() -> Path:
@@ -130,7 +154,7 @@ def _cache_path() -> Path:
 
 
 def _cache_key(shapes: Iterable[tuple[int, int, int]], batch: int, kind: str) -> str:
-    return "|".join([_cpu_model(), f"torch {torch.__version__}", f"threads {torch.get_num_threads()}", kind,
+    return "|".join(["probe 2", _cpu_model(), f"torch {torch.__version__}", f"threads {torch.get_num_threads()}", kind,
                      f"batch {batch}", ",".join(f"{e}x{i}x{o}" for e, i, o in shapes)])
 
 
