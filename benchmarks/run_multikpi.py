@@ -35,7 +35,7 @@ def time_load_encode(config) -> float:
     """Seconds to read the training Parquet file and fit + encode it (the first thing train does)."""
     started = time.perf_counter()
     table = read_table(config.data.train, needed_columns(config))
-    FeatureEncoder.fit_encode(table, *encoder_specs(config))
+    FeatureEncoder.fit_encode(table, *encoder_specs(config, table.num_rows))
     return time.perf_counter() - started
 
 

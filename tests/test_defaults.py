@@ -313,3 +313,19 @@ def test_clip_keeps_regression_estimates_in_the_training_label_range(tiny_config
     tiny_config["tasks"]["click"]["clip"] = True
     with pytest.raises(ConfigError, match=r"`tasks.click.clip` is for regression tasks"):
         config_from_dict(tiny_config)
+
+
+def test_numeric_bins_auto_bins_small_data_and_not_large(tiny_config):
+    from multikpi.config import config_from_dict
+    from multikpi.config.schema import NUMERIC_BINS_AUTO_ROWS
+    from multikpi.training.setup import encoder_specs, numeric_bins
+
+    config = config_from_dict(tiny_config)
+    assert config.data.numeric_bins == "auto"
+    assert numeric_bins(config, 4000) == 128 and numeric_bins(config, NUMERIC_BINS_AUTO_ROWS) == 128
+    assert numeric_bins(config, NUMERIC_BINS_AUTO_ROWS + 1) == 0
+    assert encoder_specs(config, 10**6)[0].numeric_bins == 0
+    explicit = config_from_dict({**tiny_config, "data": {**tiny_config["data"], "numeric_bins": 32}})
+    assert numeric_bins(explicit, 10**7) == 32  # an explicit number is kept at any size
+    run = train(tiny_config)  # 3,600 training rows: every dense column also enters binned
+    assert run.model.embeddings.num_columns == 5 + 3  # 5 categorical columns, then 3 binned dense ones

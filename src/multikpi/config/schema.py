@@ -30,6 +30,12 @@ def _scalar_as_name(value: object) -> object:
 ColumnName = Annotated[str, BeforeValidator(_scalar_as_name)]
 
 
+# numeric_bins auto: the bins close the gap to trees on small tabular data (adult: +0.02 AUC) but
+# widen the first layer; on the 1M-row feed they gained < 0.001 AUC at about half the speed.
+NUMERIC_BINS_AUTO = 128
+NUMERIC_BINS_AUTO_ROWS = 500_000
+
+
 class DataSpec(Spec):
     train: str
     valid: str | None = None
@@ -38,9 +44,10 @@ class DataSpec(Spec):
     dense: list[ColumnName] = Field(default_factory=list)
     log1p: list[ColumnName] = Field(default_factory=list, description="dense columns to log1p before standardizing")
     min_frequency: PositiveInt = Field(1, description="ids seen fewer times in train map to out-of-vocabulary")
-    numeric_bins: int = Field(128, ge=0, le=4096, description=(
+    numeric_bins: Annotated[int, Field(ge=0, le=4096)] | Literal["auto"] = Field("auto", description=(
         "each dense column also enters as an embedded bin index: one bin per distinct value when it has at "
-        "most this many, else this many quantile bins; 0 = off"))
+        "most this many, else this many quantile bins; 0 = off; auto = 128 up to "
+        "NUMERIC_BINS_AUTO_ROWS training rows, 0 above (docs/defaults.md)"))
     id_columns: list[ColumnName] = Field(default_factory=list, description="passed through by predict and rank")
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0, description=(
         "without `valid`: the share of train held out (seeded by train.seed) for early stopping and calibration"))

@@ -138,11 +138,11 @@ def resolve_shards(config: RunConfig, world_size: int) -> int:
 def _sharded(config: RunConfig, context: DistContext, streaming: bool) -> TrainingData:
     """The streamed / distributed way: fit on each rank's row groups, merge, build the source."""
     data = config.data
-    columns, labels = encoder_specs(config)
     holdout = HashHoldout(data.valid_fraction, config.train.seed, data.group) \
         if data.valid is None and data.valid_fraction > 0 else None
     group = [data.group] if holdout is not None and data.group else []
     train = _parquet(data.train, needed_columns(config) + group)
+    columns, labels = encoder_specs(config, train.num_rows)
     plan = _sample_plan(config, train.num_rows, holdout)
     mine = fit_chunks(train, split_chunks(train.chunks, context.world_size, context.rank), columns, labels, holdout,
                       plan)

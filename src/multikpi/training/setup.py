@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from multikpi.config.schema import RunConfig
+from multikpi.config.schema import NUMERIC_BINS_AUTO, NUMERIC_BINS_AUTO_ROWS, RunConfig
 from multikpi.data.datasets import open_source
 from multikpi.data.encoders import ColumnSource, EncodedData, FeatureEncoder
 from multikpi.data.specs import ColumnSpec, LabelSpec
@@ -29,11 +29,20 @@ def seed_everything(seed: int, threads: int | None, deterministic: bool = False)
     torch.use_deterministic_algorithms(deterministic)
 
 
-def encoder_specs(config: RunConfig) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
-    """The config's input columns and each task's label, as the data layer's plain specs."""
+def numeric_bins(config: RunConfig, train_rows: int | None) -> int:
+    """`data.numeric_bins`, with auto resolved by the training rows (128 up to 500k rows, else 0)."""
+    bins = config.data.numeric_bins
+    if bins != "auto":
+        return bins
+    return NUMERIC_BINS_AUTO if train_rows is None or train_rows <= NUMERIC_BINS_AUTO_ROWS else 0
+
+
+def encoder_specs(config: RunConfig, train_rows: int | None = None) -> tuple[ColumnSpec, dict[str, LabelSpec]]:
+    """The config's input columns and each task's label, as the data layer's plain specs;
+    `train_rows` resolves `data.numeric_bins: auto` (None: as for small data)."""
     data = config.data
     columns = ColumnSpec(tuple(data.categorical), tuple(data.dense), tuple(data.log1p), data.min_frequency,
-                         data.weight, data.numeric_bins, data.position, max_vocab=data.max_vocab,
+                         data.weight, numeric_bins(config, train_rows), data.position, max_vocab=data.max_vocab,
                          hash_buckets=data.hash_buckets)
     labels = {name: LabelSpec(task.kind, task.label, task.transform, task.train_on, task.loss, task.tweedie_power,
                               task.clip)
@@ -66,7 +75,7 @@ def load_splits(config: RunConfig) -> tuple[FeatureEncoder, dict[str, EncodedDat
         logger.info("data: no data.valid; held out %d of %d training rows%s as the valid split (data.valid_fraction "
                     "%g, seed %d)", valid_rows.size, train_rows.size + valid_rows.size,
                     f" by {data.group!r}" if data.group else "", data.valid_fraction, config.train.seed)
-    encoder, train_data = FeatureEncoder.fit_encode(train_table, *encoder_specs(config))
+    encoder, train_data = FeatureEncoder.fit_encode(train_table, *encoder_specs(config, train_table.num_rows))
     splits = {"train": train_data}
     if valid_table is not None:
         splits["valid"] = encoder.encode(valid_table)
