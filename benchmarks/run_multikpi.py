@@ -79,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     _use_returning_allocator()  # as the `multikpi` command does
     started = time.perf_counter()
-    run = train(config, out_dir=ROOT / f"runs/bench_{args.model}")
+    run = train(config, out_dir=ROOT / f"runs/bench_{args.model}", overwrite=True)  # each repeat replaces the last
     train_wall = time.perf_counter() - started
     train_peak_rss = peak_rss_mb()  # the training process's peak; the timings below come after it
     load_s = time_load_encode(config)
