@@ -31,7 +31,7 @@ ColumnName = Annotated[str, BeforeValidator(_scalar_as_name)]
 
 
 # numeric_bins auto: the bins close the gap to trees on small tabular data (adult: +0.02 AUC) but
-# widen the first layer; on the 1M-row feed they gained < 0.001 AUC at about half the speed.
+# widen the first layer; on the 1M-row feed they gained 0.0013 click AUC for ~30% of the speed.
 NUMERIC_BINS_AUTO = 128
 NUMERIC_BINS_AUTO_ROWS = 500_000
 
