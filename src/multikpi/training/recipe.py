@@ -32,6 +32,7 @@ from multikpi.config.validate import parse_monitor
 from multikpi.data.batches import evenly_spaced_rows
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.sources import BatchSource
+from multikpi.data.streaming import concat
 from multikpi.eval.calibration import calibrate_run
 from multikpi.eval.diagnostics import data_summary, label_coverage, regression_bins
 from multikpi.models.precision import resolve_device, resolve_precision
@@ -88,23 +89,17 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
     # The recipe, top to bottom: setup, the loop (`_loop`), the final phase. Everything else is a
     # plain function it calls. Under torchrun, `context.on_writer` marks what rank 0 does alone.
     run_dir = workspace.path
-    splits_paths = {"train": config.data.train, "valid": config.data.valid, "test": config.data.test}
-    fingerprint = context.on_writer(lambda: data_fingerprint(splits_paths)) or {}
-    if resume:  # before reading anything: new data would not even fit the checkpointed model
-        def check() -> None:
-            check_resumable(run_dir, config.model_dump(mode="json"))
-            check_same_data(stored_fingerprint(run_dir), fingerprint, run_dir)
-        context.on_writer(check)
+    fingerprint = _fingerprint(config, run_dir, resume, context)
     seed_everything(config.train.seed, config.train.threads, config.train.deterministic)
     device = resolve_device(config.train.device)
     started = time.perf_counter()
     data = load_training_data(config, context)  # in memory, streamed, or sharded (training/data_plan.py)
-    encoder, splits, source, batch_size = data.encoder, data.splits, data.source, data.batch_size
+    encoder, source, batch_size = data.encoder, data.source, data.batch_size
     logger.info("data: %d train rows (%s%s), %d vocabulary rows, %d dense inputs (%.1fs); %s; batch size %d",
                 source.num_rows, data.mode, f", {context.world_size} processes" if context.active else "",
                 sum(encoder.vocab_sizes), encoder.num_dense_inputs, time.perf_counter() - started, device,
                 batch_size)
-    log_vocabulary(encoder, splits.get("valid"))
+    log_vocabulary(encoder, data.splits.get("valid"))
 
     copies = len(config.tasks) if ARCHITECTURES[config.model.arch].embedding_copies_per_task else 1
     check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
@@ -126,25 +121,51 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
     _loop(config, run_dir, state, training, stepper, optimizers, data, precision, selection, scalars, context)
     scalars.close()
 
+    metrics = _final_metrics(config, training, data, selection, precision, context)
+    if not context.is_writer:
+        training.cpu()
+        return Run(run_dir, config, data.encoder, model, training.combiner, metrics, state.history)
+    return _finish(config, run_dir, training, data, state, selection, metrics, precision, started)
+
+
+def _fingerprint(config: RunConfig, run_dir: Path, resume: bool, context: DistContext) -> dict[str, Any]:
+    """The data files' fingerprint (rank 0); on resume, checked against the run's before anything is
+    read: new data would not even fit the checkpointed model."""
+    paths = {"train": config.data.train, "valid": config.data.valid, "test": config.data.test}
+    fingerprint = context.on_writer(lambda: data_fingerprint(paths)) or {}
+    if resume:
+        def check() -> None:
+            check_resumable(run_dir, config.model_dump(mode="json"))
+            check_same_data(stored_fingerprint(run_dir), fingerprint, run_dir)
+        context.on_writer(check)
+    return fingerprint
+
+
+def _final_metrics(config: RunConfig, training: MultiTaskTraining, data: TrainingData, selection: Selection | None,
+                   precision: torch.dtype | None, context: DistContext) -> RunMetrics:
+    """The best weights back (epochs auto), centring (which replaces `data.encoder`), and every
+    split's metrics; on every rank."""
     if selection is not None and config.train.epochs == "auto":
-        selection.restore({"model": model, "combiner": training.combiner})
+        selection.restore({"model": training.model, "combiner": training.combiner})
         logger.info("kept the weights of epoch %d (step %d): %s = %.4f", selection.best_epoch, selection.best_step,
                     monitor_name(selection.monitor), selection.summary()["value"])
     # The train split is scored on an evenly spaced sample: a fit diagnostic, not worth the memory.
-    scored = dict(splits)
+    splits, scored = data.splits, dict(data.splits)
     if "train" in splits:
         scored["train"] = data.evals["train"].sample = evenly_spaced_rows(splits["train"],
                                                                           config.train.train_metrics_rows)
-    encoder = _center(training, encoder, scored, config, precision, context)
-    data.encoder = encoder
-    metrics = RunMetrics(splits={name: _evaluate(training, data, name, config, precision, context)
-                                 for name in data.evals})
-    if not context.is_writer:
-        training.cpu()
-        return Run(run_dir, config, encoder, model, training.combiner, metrics, state.history)
+    data.encoder = _center(training, data.encoder, scored, config, precision, context)
+    return RunMetrics(splits={name: _evaluate(training, data, name, config, precision, context)
+                              for name in data.evals})
+
+
+def _finish(config: RunConfig, run_dir: Path, training: MultiTaskTraining, data: TrainingData, state: LoopState,
+            selection: Selection | None, metrics: RunMetrics, precision: torch.dtype | None, started: float) -> Run:
+    """Rank 0: calibration, summaries, diagnostics and warnings, then the run directory."""
+    model, encoder, splits, source = training.model, data.encoder, data.splits, data.source
     # Fitted on valid: isotonic + Platt per binary task, ECE on valid and test.
     calibration, metrics.calibration = calibrate_run(model, splits, encoder, config.train.eval_batch_size, precision)
-    _summarize(metrics, state, training, source, selection, batch_size, started, precision)
+    _summarize(metrics, state, training, source, selection, data.batch_size, started, precision)
     metrics.warnings = run_warnings(config, encoder, splits, metrics, state.history, source.num_rows)
     for warning in metrics.warnings:
         logger.warning("warning: %s", warning)
@@ -252,7 +273,7 @@ def _center(training: MultiTaskTraining, encoder: FeatureEncoder, scored: dict[s
     carrying the smearing factors."""
     def fit() -> tuple[dict[str, float], dict[str, float]]:
         pooled = [scored["train"]] + ([scored["valid"]] if "valid" in scored else [])
-        data = pooled[0] if len(pooled) == 1 else _concat(pooled)
+        data = concat(pooled, pooled[0])  # one part, or the parts' rows in order
         return fit_centering(training.model, data, encoder, config.train.eval_batch_size, precision)
 
     offsets, smearing = context.broadcast(context.on_writer(fit))
@@ -261,16 +282,6 @@ def _center(training: MultiTaskTraining, encoder: FeatureEncoder, scored: dict[s
         logger.info("centring: output offsets %s, smearing %s", {t: round(v, 4) for t, v in offsets.items()},
                     {t: round(v, 4) for t, v in smearing.items()})
     return encoder.with_smearing(smearing)
-
-
-def _concat(parts: list[EncodedData]) -> EncodedData:
-    def joined(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
-        present = [t for t in tensors if t is not None]
-        return torch.cat(present) if len(present) == len(tensors) else None
-
-    return EncodedData(torch.cat([p.categorical for p in parts]), torch.cat([p.dense for p in parts]),
-                       torch.cat([p.labels for p in parts]), parts[0].tasks, weights=joined([p.weights for p in parts]),
-                       position=joined([p.position for p in parts]))
 
 
 def _summarize(metrics: RunMetrics, state: LoopState, training: MultiTaskTraining, source: BatchSource,
