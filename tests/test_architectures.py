@@ -75,7 +75,8 @@ EXPECTED_GROUPS = {
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_parameter_in_exactly_one_group(tiny_config, arch):
-    config, _, _, model, combiner = build_all(_config(tiny_config, arch, combine="uncertainty"))
+    config, _, _, model, combiner = build_all(_config(tiny_config, arch, combine="uncertainty",
+                                                      uncertainty={"update": "gradient"}))
     groups = build_param_groups(config, model, combiner)
     names = [n for g in groups for n in g.param_names]
     expected = [n for n, _ in model.named_parameters()] + [f"loss.{n}" for n, _ in combiner.named_parameters()]

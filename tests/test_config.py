@@ -63,7 +63,7 @@ def test_valid_config_parses_with_defaults():
     assert isinstance(config, RunConfig)
     assert config.tasks["dwell"].transform == "log1p"
     assert config.tasks["convert"].train_on == "click"
-    assert config.train.epochs == "auto" and config.loss.combine == "sum" and config.optim.default.lr == 1e-3
+    assert config.train.epochs == "auto" and config.loss.combine == "sum" and config.optim.default.lr == "auto"
     assert config.train.batch_size == "auto" and config.data.valid_fraction == 0.1
     assert config.model.shared == [256, 128]
 
@@ -122,7 +122,7 @@ def test_zero_epochs_rejected():
 
 
 def test_negative_lr():
-    with pytest.raises(ConfigError, match=r"`optim\.default\.lr`: input should be greater than or equal to 0\. Got -0\.1\."):
+    with pytest.raises(ConfigError, match=r"`optim\.default\.lr`: input should be greater than or equal to 0, or auto\. Got -0\.1\."):
         config_from_dict(raw(optim={"default": {"lr": -0.1}}))
 
 
@@ -160,6 +160,19 @@ def test_weighted_with_every_weight_is_valid():
 def test_weights_without_weighted_combine():
     with pytest.raises(ConfigError, match=r"`loss\.weights` is only used with `loss\.combine: weighted`\. Got combine 'sum'"):
         config_from_dict(raw(loss={"weights": {"click": 1.0, "dwell": 1.0, "convert": 1.0}}))
+
+
+def test_closed_form_uncertainty_rejects_what_only_a_learned_weight_uses():
+    problems = problems_of(raw(loss={"combine": "uncertainty", "uncertainty": {"init": 0.5}},
+                               optim={"groups": {"loss": {"lr": 0.01}}}))
+    assert problems == [
+        "`loss.uncertainty.init` is where a learned log-variance starts: it needs "
+        "`loss.uncertainty.update: gradient`. Got init 0.5 with update closed_form",
+        "`optim.groups.loss` trains learned loss weights, but `loss.uncertainty.update: closed_form` "
+        "sets them to their optimum: set `loss.uncertainty.update: gradient` to train them"]
+    config = config_from_dict(raw(loss={"combine": "uncertainty", "uncertainty": {"update": "gradient", "init": 0.5}},
+                                  optim={"groups": {"loss": {"lr": 0.01}}}))
+    assert config.loss.uncertainty.init == 0.5
 
 
 def test_negative_loss_weight():

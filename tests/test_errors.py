@@ -55,7 +55,7 @@ CONFIG_CASES = [
                                 c["tasks"]["dwell"].update(inputs_from=["click"])),
      r"`inputs_from` edges must not form a cycle. Got click -> dwell -> click"),
     ("config-negative-lr", lambda c: c.update(optim={"default": {"lr": -0.1}}),
-     r"`optim.default.lr`: input should be greater than or equal to 0. Got -0.1"),
+     r"`optim.default.lr`: input should be greater than or equal to 0, or auto. Got -0.1"),
     ("config-lr-not-a-number", lambda c: c.update(optim={"groups": {"shared": {"lr": "fast"}}}),
      r"`optim.groups.shared.lr`: .*Got 'fast'"),
     ("config-train-on-regression", lambda c: c["tasks"]["convert"].update(train_on="dwell"),

@@ -147,3 +147,29 @@ def test_build_combiner_uses_config(tiny_config):
     tiny_config["loss"] = {"combine": "weighted", "weights": {"click": 1.0, "dwell": 0.1, "convert": 5.0}}
     combiner = build_combiner(config_from_dict(tiny_config))
     assert combiner.weights()["convert"] == {"weight": 5.0}
+
+
+def test_uncertainty_closed_form_sets_s_to_the_optimum_of_the_loss_average():
+    """update closed_form: m ← d·m + (1−d)·L from the first loss, s = log m (regression) / log 2m
+    (kendall binary), set in training mode only, never learned, and a task absent keeps its m."""
+    combiner = UncertaintyWeighting(KINDS, form="kendall", init="auto", update="closed_form", decay=0.9)
+    assert not any(p.requires_grad for p in combiner.parameters())
+    sequence = [{"click": 0.5, "dwell": 4.0}, {"click": 0.3, "dwell": 2.0}, {"click": 0.2}]
+    expected = {"click": 0.5, "dwell": 4.0}
+    for values in sequence:
+        losses = {t: torch.tensor(v, requires_grad=True) for t, v in values.items()}
+        total = combiner(losses)
+        for t, v in values.items():
+            if t in expected and values is not sequence[0]:
+                expected[t] = 0.9 * expected[t] + 0.1 * v
+        total.backward()
+        # d total / d L_t = exp(-s_t) · (1 binary, ½ regression) = 1/(2m) for both terms
+        for t in values:
+            assert float(losses[t].grad) == pytest.approx(0.5 / expected[t], rel=1e-6)
+    assert combiner.log_vars["click"].item() == pytest.approx(math.log(2 * expected["click"]))
+    assert combiner.log_vars["dwell"].item() == pytest.approx(math.log(4.0 * 0.9 + 2.0 * 0.1))
+    combiner.eval()  # evaluation losses must not move the weights
+    combiner({"click": torch.tensor(9.0), "dwell": torch.tensor(9.0)})
+    assert combiner.log_vars["dwell"].item() == pytest.approx(math.log(4.0 * 0.9 + 2.0 * 0.1))
+    state = combiner.state_dict()
+    assert float(state["loss_average"][1]) == pytest.approx(3.8)  # checkpointed with the run

@@ -41,7 +41,7 @@ def test_lr_zero_freezes_one_head_only(tiny_config):
 
 
 def test_every_parameter_in_exactly_one_named_group(tiny_config):
-    tiny_config["loss"] = {"combine": "uncertainty"}
+    tiny_config["loss"] = {"combine": "uncertainty", "uncertainty": {"update": "gradient"}}
     config, _, _, model, combiner = build_all(tiny_config)
     groups = build_param_groups(config, model, combiner)
     names = [n for g in groups for n in g.param_names]
@@ -50,8 +50,14 @@ def test_every_parameter_in_exactly_one_named_group(tiny_config):
     assert {g.name for g in groups} == {"embeddings", "shared", "heads.click", "heads.dwell", "heads.convert", "loss"}
 
 
+def test_closed_form_uncertainty_has_no_loss_group(tiny_config):
+    tiny_config["loss"] = {"combine": "uncertainty"}  # update closed_form by default: nothing to learn
+    config, _, _, model, combiner = build_all(tiny_config)
+    assert "loss" not in {g.name for g in build_param_groups(config, model, combiner)}
+
+
 def test_group_settings_resolution(tiny_config):
-    tiny_config["loss"] = {"combine": "uncertainty"}
+    tiny_config["loss"] = {"combine": "uncertainty", "uncertainty": {"update": "gradient"}}
     tiny_config["optim"] = {
         "default": {"name": "adam", "lr": 1e-3, "weight_decay": 1e-5},
         "groups": {"shared": {"lr": 3e-4}, "heads.convert": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
@@ -104,3 +110,17 @@ def test_schedules_are_per_group(tiny_config):
     lrs = optimizers.learning_rates()
     assert lrs["heads.click"] == pytest.approx(1e-3 * 0.25)
     assert lrs["heads.dwell"] == pytest.approx(1e-3)
+
+
+def test_auto_learning_rate_follows_the_square_root_rule(tiny_config):
+    from multikpi.optim.param_groups import auto_learning_rate
+
+    assert [auto_learning_rate(b) for b in (256, 512)] == [1e-3, 1e-3]  # small data keeps the reference rate
+    assert auto_learning_rate(4096) == pytest.approx(1e-3 * 8 ** 0.5)  # 8x the batch: sqrt(8)x the rate
+    tiny_config["optim"] = {"groups": {"heads.click": {"lr": 0.05}}}  # a set rate is kept as set
+    config, _, _, model, combiner = build_all(tiny_config)
+    groups = {g.name: g.lr for g in build_param_groups(config, model, combiner, batch_size=2048)}
+    assert groups["shared"] == pytest.approx(2e-3) and groups["heads.click"] == 0.05
+    tiny_config["optim"] = {"default": {"lr": 3e-4}}
+    config, _, _, model, combiner = build_all(tiny_config)
+    assert {g.lr for g in build_param_groups(config, model, combiner, batch_size=4096)} == {3e-4}

@@ -123,6 +123,10 @@ class UncertaintySpec(Spec):
     form: Literal["kendall", "plain"] = "kendall"
     init: float | Literal["auto"] = Field(
         "auto", description="initial log-variance s; auto = the optimum for the first batch's losses")
+    update: Literal["closed_form", "gradient"] = Field(
+        "closed_form", description="closed_form: s = the optimum for a moving average of each task's loss; "
+        "gradient: s learned by the optimizer's loss group, as in the paper")
+    decay: float = Field(0.98, gt=0.0, lt=1.0, description="closed_form: the moving average's decay per step")
 
 
 class LossSpec(Spec):
@@ -153,7 +157,8 @@ SparseOptimizer = Literal["lazy_adam", "rowwise_adagrad", "sparse_sgd"]
 
 class OptimizerSpec(Spec):
     name: DenseOptimizer | SparseOptimizer = "adam"
-    lr: float = Field(1e-3, ge=0.0)
+    lr: Annotated[float, Field(ge=0.0)] | Literal["auto"] = Field(
+        "auto", description="auto = 1e-3 · sqrt(batch size / 512) for batches above 512, else 1e-3")
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     momentum: float = Field(0.0, ge=0.0)

@@ -202,6 +202,10 @@ def _check_loss(config: RunConfig) -> list[str]:
             problems.append(f"`loss.weights` must give a weight for every task {names}. Missing {missing}")
     elif loss.weights:
         problems.append(f"`loss.weights` is only used with `loss.combine: weighted`. Got combine {loss.combine!r}")
+    if loss.uncertainty.update == "closed_form" and loss.uncertainty.init != "auto":
+        problems.append("`loss.uncertainty.init` is where a learned log-variance starts: it needs "
+                        f"`loss.uncertainty.update: gradient`. Got init {loss.uncertainty.init} "
+                        "with update closed_form")
     unknown = sorted(set(loss.weights) - set(names))
     if unknown:
         problems.append(f"`loss.weights` must name tasks among {names}. Got {unknown}")
@@ -265,6 +269,10 @@ def _check_optim(config: RunConfig) -> list[str]:
         problems.append(f"`optim.groups.<group>.name` lazy_adam / rowwise_adagrad / sparse_sgd are for the "
                         f"`embeddings` group only. Got them for {wrong}")
     loss_group = config.optim.groups.get("loss")
+    if (loss_group is not None and config.loss.combine == "uncertainty"
+            and config.loss.uncertainty.update == "closed_form"):
+        problems.append("`optim.groups.loss` trains learned loss weights, but `loss.uncertainty.update: closed_form` "
+                        "sets them to their optimum: set `loss.uncertainty.update: gradient` to train them")
     if loss_group is not None and loss_group.weight_decay not in (None, 0.0):
         problems.append(f"`optim.groups.loss.weight_decay` must be 0: the loss weights are not decayed. "
                         f"Got {loss_group.weight_decay}")

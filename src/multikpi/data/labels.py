@@ -8,8 +8,10 @@ is also NaN where the parent's label is not 1.
 
 Back in label units, an mse prediction on a `log1p` target is `expm1` of the predicted mean of
 log1p(y): the mean of the log, not the log of the mean, so it underestimates E[y]. The smearing
-estimate of Duan (1983) corrects it: E[y | x] = E[exp(log1p y) | x] − 1 ≈ exp(ẑ(x))·S − 1 with
-S = mean_i exp(r_i), r_i = log1p(y_i) − ẑ(x_i), fitted after training (`LabelStats.smearing`).
+estimate of Duan (1983) corrects it: E[y | x] = E[exp(log1p y) | x] − 1 ≈ exp(ẑ(x))·S − 1 with,
+in its ratio form, S = Σ_i w_i·(1 + y_i) / Σ_i w_i·exp(ẑ(x_i)), so that the mean estimate equals the
+mean label on the rows it is fitted on (`training/centering.smearing_factor`, after training;
+`LabelStats.smearing`).
 """
 from __future__ import annotations
 

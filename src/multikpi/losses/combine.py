@@ -79,19 +79,38 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
 
     For a fixed network the optimum of the regression term is s_t = log L_t (σ² = the mean squared
     residual). Regression losses here are on the standardized target, so σ is in standard units.
+
+    update "gradient" (the paper): s_t is a parameter, learned by the optimizer's `loss` group.
+    update "closed_form" (the config's default): s_t is set before every training step to the optimum of its
+    term for the current network, estimated by an exponential moving average of the task's loss:
+        m_t ← decay·m_t + (1 − decay)·L_t   (m_t starts at the first loss)
+        s_t = log m_t,  or log 2·m_t for kendall's classification term
+    This is coordinate descent on s, exact for the network of the last ~1/(1 − decay) steps. A
+    gradient step on s lags behind a falling loss (on RF1 the losses fall 100x within a few hundred
+    steps), so the learned σ² end up ranking the tasks by where their losses were, not where they
+    are; the closed form tracks them. The network's gradient is then Σ_t c_t·∇L_t / m_t: each task
+    is divided by its own recent loss, the scale-free weighting the paper's optimum implies.
     """
 
     pending_init: torch.Tensor
+    loss_average: torch.Tensor
 
-    def __init__(self, kinds: Mapping[str, str], form: str = "kendall", init: float | str = 0.0):
+    def __init__(self, kinds: Mapping[str, str], form: str = "kendall", init: float | str = 0.0,
+                 update: str = "gradient", decay: float = 0.98):
         super().__init__()
         self.kinds = dict(kinds)
         self.form = form
+        self.closed_form = update == "closed_form"
+        self.decay = decay
         start = 0.0 if init == "auto" else float(init)
-        # One scalar parameter per task, so that a task missing from a batch gets grad None.
-        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.tensor(start)) for t in kinds})
+        # One scalar parameter per task, so that a task missing from a batch gets grad None. In
+        # closed form they are set, not learned: requires_grad False keeps them out of the optimizer.
+        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.tensor(start), requires_grad=not self.closed_form)
+                                          for t in kinds})
         # init "auto": each s starts at the optimum for the task's first loss (a buffer: checkpointed).
         self.register_buffer("pending_init", torch.full((len(kinds),), init == "auto"))
+        # closed form: the moving average m_t of each task's loss (NaN until its first loss; checkpointed)
+        self.register_buffer("loss_average", torch.full((len(kinds),), float("nan"), dtype=torch.float64))
         self.tasks = list(kinds)
 
     def optimum(self, task: str, loss: float) -> float:
@@ -100,11 +119,13 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
         return math.log(max(factor * loss, 1e-12))
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.closed_form and self.training:
+            self._closed_form_step(losses)
         terms = []
         for task, loss in losses.items():
             s = self.log_vars[task]
             index = self.tasks.index(task)
-            if bool(self.pending_init[index]):
+            if bool(self.pending_init[index]) and not self.closed_form:
                 with torch.no_grad():
                     s.fill_(self.optimum(task, float(loss.detach())))
                     self.pending_init[index] = False
@@ -115,6 +136,18 @@ class UncertaintyWeighting(nn.Module, LossCombiner):
             else:
                 terms.append(torch.exp(-s) * loss + 0.5 * s)
         return torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def _closed_form_step(self, losses: dict[str, torch.Tensor]) -> None:
+        """m_t ← decay·m_t + (1 − decay)·L_t, s_t = argmin_s of the term at m_t (tasks in the batch only)."""
+        for task, loss in losses.items():
+            index = self.tasks.index(task)
+            value = float(loss.detach())
+            previous = float(self.loss_average[index])
+            average = value if math.isnan(previous) else self.decay * previous + (1.0 - self.decay) * value
+            self.loss_average[index] = average
+            self.log_vars[task].fill_(self.optimum(task, average))
+            self.pending_init[index] = False
 
     def weights(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -252,7 +285,8 @@ def _weighted(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Modul
 
 def _uncertainty(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:
     kinds = {t: spec.kind for t, spec in config.tasks.items()}
-    return UncertaintyWeighting(kinds, config.loss.uncertainty.form, config.loss.uncertainty.init)
+    spec = config.loss.uncertainty
+    return UncertaintyWeighting(kinds, spec.form, spec.init, spec.update, spec.decay)
 
 
 def _gradnorm(config: RunConfig, shared_weight: nn.Parameter | None) -> nn.Module:

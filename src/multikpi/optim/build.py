@@ -46,7 +46,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict]], torch.optim.Optimizer]] = {
 
 def _torch_group(group: ParamGroup) -> dict:
     s = group.settings
-    out = {"params": list(group.params), "lr": s.lr, "weight_decay": s.weight_decay, "name": group.name}
+    out = {"params": list(group.params), "lr": group.lr, "weight_decay": s.weight_decay, "name": group.name}
     if s.name in ("adam", "adamw"):
         out["betas"] = tuple(s.betas)
     if s.name == "sgd":
@@ -113,10 +113,10 @@ def _sparse(group: ParamGroup, embedding: FeatureEmbedding | None) -> torch.opti
     embedding.enable_sparse_updates()
     s = group.settings
     if s.name == "lazy_adam":
-        return LazyAdam(embedding, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+        return LazyAdam(embedding, lr=group.lr, betas=s.betas, weight_decay=s.weight_decay)
     if s.name == "rowwise_adagrad":
-        return RowwiseAdagrad(embedding, lr=s.lr, weight_decay=s.weight_decay)
-    return RowSparseSGD(embedding, lr=s.lr, weight_decay=s.weight_decay)
+        return RowwiseAdagrad(embedding, lr=group.lr, weight_decay=s.weight_decay)
+    return RowSparseSGD(embedding, lr=group.lr, weight_decay=s.weight_decay)
 
 
 def build_optimizers(groups: list[ParamGroup], total_steps: int,

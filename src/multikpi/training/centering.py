@@ -5,7 +5,8 @@ recipe fits, on the pooled labelled rows of a train sample and the valid split:
 - binary tasks: an offset δ on the output logit such that Σ w·σ(z + δ) = Σ w·y (bisection; the
   prior correction of King & Zeng 2001), so that mean probability / mean label is 1;
 - log-link regressions (poisson, tweedie): δ = log(Σ w·y / Σ w·e^z), the same on the mean;
-- mse regressions on a log1p target: the smearing factor S of Duan (1983), see data/labels.py.
+- mse regressions on a log1p target: a smearing factor S (Duan 1983, in its ratio form), see
+  `smearing_factor` and data/labels.py.
 
 A logit shift keeps every task's ranking (and AUC) as it was; downstream towers read their upstream
 estimates before the offset, as in training.
@@ -37,6 +38,17 @@ def binary_offset(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -
     return 0.5 * (low + high)
 
 
+def smearing_factor(log_labels: np.ndarray, log_estimates: np.ndarray, weights: np.ndarray) -> float:
+    """S with Σ w·(e^ẑ·S − 1) = Σ w·y: S = Σ w·e^t / Σ w·e^ẑ, where t = log1p(y) and ẑ the model's
+    estimate of E[log1p y | x] (both shape (n,), label units before standardization).
+
+    Duan's (1983) smearing S = mean e^(t − ẑ) is the same when the residual is independent of x; when
+    its spread varies with x (a zero-inflated dwell time: near-certain zeros and a wide tail) it is
+    not, and it left the 1M-row feed's dwell 15% low on average. The ratio form is right on average
+    on the rows it is fitted on whatever the residuals do."""
+    return float(weights @ np.exp(log_labels) / (weights @ np.exp(log_estimates)))
+
+
 def fit_centering(model: MultiTaskModel, data: EncodedData, encoder: FeatureEncoder, batch_size: int,
                   precision: torch.dtype | None) -> tuple[dict[str, float], dict[str, float]]:
     """(task -> output offset, task -> smearing factor) fitted on `data`'s labelled rows."""
@@ -56,6 +68,5 @@ def fit_centering(model: MultiTaskModel, data: EncodedData, encoder: FeatureEnco
             mean = float(w @ np.exp(z))
             offsets[task] = math.log(float(w @ y) / mean) if mean > 0 and float(w @ y) > 0 else 0.0
         elif stats.transform == "log1p":
-            residual = encoder.to_transformed(task, y) - encoder.to_transformed(task, z)
-            smearing[task] = float(w @ np.exp(residual) / w.sum())
+            smearing[task] = smearing_factor(encoder.to_transformed(task, y), encoder.to_transformed(task, z), w)
     return offsets, smearing

@@ -37,7 +37,7 @@ from multikpi.eval.calibration import calibrate_run
 from multikpi.eval.diagnostics import data_summary, label_coverage, regression_bins
 from multikpi.models.precision import resolve_device, resolve_precision
 from multikpi.optim.build import OptimizerSet, build_optimizers
-from multikpi.optim.param_groups import build_param_groups
+from multikpi.optim.param_groups import auto_learning_rate, build_param_groups
 from multikpi.training.centering import fit_centering
 from multikpi.training.checkpoint import (
     FINGERPRINT,
@@ -109,8 +109,11 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
     # `auto` times the model's GEMMs: rank 0 decides for every rank (they must train alike)
     precision = context.broadcast(context.on_writer(
         lambda: resolve_precision(config.train.precision, device, model, batch_size, "train")))
-    optimizers = build_optimizers(build_param_groups(config, model, training.combiner), _planned_steps(config, source),
-                                  model.embeddings)
+    groups = build_param_groups(config, model, training.combiner, batch_size)
+    if config.optim.default.lr == "auto":
+        logger.info("learning rate: auto = %.2g for batch size %d (1e-3 · sqrt(batch / 512) above 512)",
+                    auto_learning_rate(batch_size), batch_size)
+    optimizers = build_optimizers(groups, _planned_steps(config, source), model.embeddings)
     selection = Selection(parse_monitor(config), config.train.patience) if "valid" in data.evals else None
     context.on_writer(workspace.start)  # the first write: a run that failed on its inputs left nothing behind
     state = _start_or_resume(run_dir, config, resume, training, optimizers, selection, fingerprint, context)

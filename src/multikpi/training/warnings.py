@@ -31,7 +31,8 @@ def run_warnings(config: RunConfig, encoder: FeatureEncoder, splits: dict[str, E
 def _still_weights(config: RunConfig, history: list[dict[str, Any]]) -> list[str]:
     """Learned loss weights that ended where they started (uncertainty: log_var; gradnorm: weight)."""
     key = {"uncertainty": "log_var", "gradnorm": "weight"}.get(config.loss.combine)
-    if key is None or len(history) < 2:
+    closed_form = config.loss.combine == "uncertainty" and config.loss.uncertainty.update == "closed_form"
+    if key is None or closed_form or len(history) < 2:
         return []
     first, last = history[0]["weights"], history[-1]["weights"]
     moved = {t: abs(last[t][key] - first[t][key]) for t in first if t in last}
