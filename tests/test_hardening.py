@@ -425,11 +425,16 @@ def test_a_signal_stops_with_one_line_saying_how_to_resume(feed_files, tmp_path,
     process = subprocess.Popen([sys.executable, "-m", "multikpi.cli.main", "train", path],
                                stderr=subprocess.PIPE, text=True, cwd=REPO)
     run = Path(config["out_dir"])
-    deadline = time.time() + 120
-    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:  # a failing test leaves no training process behind
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == code, err
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and f"interrupted ({name}); the last checkpoint is" in last

@@ -29,6 +29,22 @@ def test_cli_help_loads_no_torch():
     assert "torch" not in loaded and "pyarrow" not in loaded
 
 
+def test_loading_one_parquet_file_in_memory_imports_no_pyarrow_dataset(tmp_path):
+    # pyarrow.dataset imports pandas when it is installed (60 MB resident): the single-file path
+    # (the footer estimate of data.streaming auto, the in-memory reader) must do without it.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": [1.0, 2.0], "y": [0, 1]}), path)
+    loaded = _modules_after("from multikpi.data.datasets import footer_bytes, open_source; "
+                            f"assert footer_bytes({str(path)!r}, ['x'])[0] == 2; "
+                            f"open_source({str(path)!r}, ['x']).column('x')")
+    assert "multikpi.data.datasets" in loaded and "pyarrow.dataset" not in loaded and "pandas" not in loaded
+    loaded = _modules_after(f"from multikpi.data.datasets import footer_bytes; footer_bytes({str(tmp_path)!r}, ['x'])")
+    assert "pyarrow.dataset" in loaded  # a directory is a dataset
+
+
 def test_every_catalogue_row_has_a_builder_and_every_builder_a_row():
     assert set(BUILDERS) == set(ARCHITECTURES)
 

@@ -6,8 +6,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -16,13 +17,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a new temporary file, fsync it, and rename it over `path`. The temporary file is
     created exclusively and never through a symlink, and the rename replaces a symlink at `path`
     rather than writing where it points."""
+    write_atomic_with(path, lambda handle: handle.write(data))
+
+
+def write_atomic_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write_atomic`, with `write(handle)` streaming the content into the temporary file (no
+    copy of it in memory: a checkpoint is the model and its optimizer state)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)  # a leftover of this pid: ours to remove
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

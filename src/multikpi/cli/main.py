@@ -107,6 +107,7 @@ def _use_returning_allocator() -> None:
 
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)  # and at once, not after jemalloc's default 10 s of decay
     except (NotImplementedError, pa.ArrowNotImplementedError):
         pass
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -59,6 +58,10 @@ class ParquetDataset:
         filesystem, paths, base = _resolve(location)
         self.filesystem = filesystem
         self.paths = paths
+        # imported here, not at the top: pyarrow.dataset imports pandas when it is installed (60 MB
+        # resident), which the single-file path (footer_bytes, data/tabular.py) never needs
+        import pyarrow.dataset as ds
+
         try:
             self.dataset = ds.dataset(paths, filesystem=filesystem, format="parquet", partitioning="hive",
                                       partition_base_dir=base)
@@ -133,6 +136,27 @@ class ParquetDataset:
             digest.update(f"{path}\0{info.size}\0{info.mtime_ns}\n".encode())
         return {"path": self.location, "files": len(self.paths), "rows": self.num_rows,
                 "sha256_listing": digest.hexdigest()}
+
+
+def footer_bytes(location: str, columns: list[str]) -> tuple[int, dict[str, int]]:
+    """(rows, column -> decoded bytes over all row groups) from the Parquet footers: of one local
+    file through pyarrow.parquet, of any other location through ParquetDataset. DataError when a
+    footer cannot be read."""
+    if not is_single_local_file(location):
+        dataset = ParquetDataset(location, columns)
+        return dataset.num_rows, {c: dataset.uncompressed_bytes([c]) for c in columns}
+    try:
+        metadata = pq.ParquetFile(location).metadata
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"data {location!r} is not readable parquet: {_first_line(err)}") from None
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    sizes = {c: 0 for c in columns}
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for i, name in enumerate(names):
+            if name in sizes:
+                sizes[name] += group.column(i).total_uncompressed_size
+    return metadata.num_rows, sizes
 
 
 class DatasetColumns:

@@ -149,8 +149,9 @@ def _yaml_scalar_text(name: str) -> str | None:
 
 def _read(path: Path, fmt: str, columns: list[str] | None) -> pa.Table:
     try:
-        if fmt == "parquet":
-            return pq.read_table(path, columns=columns)
+        if fmt == "parquet":  # ParquetFile, not pq.read_table: that goes through pyarrow.dataset (and pandas)
+            with pq.ParquetFile(path) as handle:
+                return handle.read(columns=columns)
         convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True)
         table = pacsv.read_csv(path, parse_options=_parse_options(path), convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:

@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from multikpi.artifacts.files import write_atomic
+from multikpi.artifacts.files import write_atomic_with
 from multikpi.artifacts.run_dir import CHECKPOINT
 from multikpi.data.datasets import ParquetDataset, is_single_local_file
 from multikpi.errors import ArtifactError
@@ -68,9 +68,7 @@ def save_checkpoint(run_dir: Path, state: LoopState, model: nn.Module, combiner:
     }
     if rng_by_rank is not None:
         payload.update(torch_rng_by_rank=rng_by_rank, world_size=len(rng_by_rank))
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
+    write_atomic_with(run_dir / CHECKPOINT, lambda handle: torch.save(payload, handle))
 
 
 # The payload's keys and the types their values must have (a checkpoint is data, checked as such).

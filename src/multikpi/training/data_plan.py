@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 
 from multikpi.config.schema import RunConfig
-from multikpi.data.datasets import ParquetDataset, is_single_local_file
+from multikpi.data.datasets import ParquetDataset, footer_bytes, is_single_local_file
 from multikpi.data.encoders import EncodedData, FeatureEncoder
 from multikpi.data.sources import BatchSource, InMemorySource
 from multikpi.data.split import HashHoldout
@@ -117,10 +117,9 @@ def wants_streaming(config: RunConfig, context: DistContext) -> bool:
 def _in_memory_bytes(config: RunConfig) -> int:
     """The in-memory path's peak, estimated from the Parquet footers: the encoded rows twice (the
     encoders' working copies) and the widest decoded column three times."""
-    dataset = ParquetDataset(config.data.train, needed_columns(config))
+    rows, sizes = footer_bytes(config.data.train, needed_columns(config))
     encoded = 4 * (len(config.data.categorical) + 2 * len(config.data.dense) + len(config.tasks))
-    widest = max(dataset.uncompressed_bytes([c]) for c in needed_columns(config))
-    return dataset.num_rows * encoded * 2 + 3 * widest
+    return rows * encoded * 2 + 3 * max(sizes.values())
 
 
 def _batch_size(config: RunConfig, rows: int) -> int:
