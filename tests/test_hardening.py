@@ -422,8 +422,11 @@ def test_malformed_encoders_json(run_dir, feed_files, tmp_path, capsys, content,
 def test_a_signal_stops_with_one_line_saying_how_to_resume(feed_files, tmp_path, signum, code, name):
     config = _config(feed_files, tmp_path, checkpoint_every=1, epochs=100, patience=100, batch_size=64)
     path = _write(tmp_path, config)
+    # SIGINT back to its default in the child: a suite started in the background (`make test &`)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     process = subprocess.Popen([sys.executable, "-m", "multikpi.cli.main", "train", path],
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+                               stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = Path(config["out_dir"])
     try:
         deadline = time.time() + 120

@@ -129,6 +129,17 @@ def test_rank_errors_name_the_field(predictor, test_table, request_, expected):
         predictor.rank(request_)
 
 
+def test_the_first_bad_candidate_is_named(predictor, test_table):
+    context, candidates, _ = _request(test_table, 3)
+    with pytest.raises(DataError, match=r"candidates\[1\] has no feature '\w+' \(and the context neither\)"):
+        predictor.rank({"context": context, "candidates": [candidates[0], "not an object", candidates[2]]})
+    missing = dict(candidates[2])
+    feature = next(iter(missing))
+    del missing[feature]
+    with pytest.raises(DataError, match=rf"candidates\[2\] has no feature '{feature}'"):
+        predictor.rank({"context": context, "candidates": [candidates[0], candidates[1], missing]})
+
+
 def test_a_feature_in_context_and_candidates_is_refused(predictor, test_table):
     context, candidates, _ = _request(test_table, 2)
     candidates[1]["user_id"] = 1

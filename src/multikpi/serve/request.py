@@ -12,6 +12,7 @@ are neither features nor id columns are ignored here (the HTTP schema rejects th
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -104,18 +105,23 @@ def candidate_columns(candidates: Any, wanted: list[str], context: Mapping[str, 
     if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)) or not candidates:
         raise DataError(f"candidates must be a non-empty list of objects or a dict of columns. Got "
                         f"{type(candidates).__name__ if not isinstance(candidates, Sequence) else 'an empty list'}")
-    columns = {}
-    for feature in wanted:
-        try:
-            columns[feature] = [c[feature] for c in candidates]
-        except (KeyError, TypeError):
-            index = next(i for i, c in enumerate(candidates) if not isinstance(c, Mapping) or feature not in c)
-            raise DataError(f"candidates[{index}] has no feature {feature!r} (and the context neither)") from None
-    for key in context:
-        holder = next((i for i, c in enumerate(candidates) if key in c), None)
+    # One C-level itemgetter call per candidate, then a transpose: a per-feature list comprehension
+    # costs a Python step per value (3 ms of a 1000-candidate request).
+    getter = operator.itemgetter(*wanted) if wanted else None
+    try:
+        rows = [getter(c) for c in candidates] if getter is not None else []
+    except (KeyError, TypeError):
+        index, feature = next(((i, f) for i, c in enumerate(candidates) for f in wanted
+                               if not isinstance(c, Mapping) or f not in c), (0, wanted[0]))
+        raise DataError(f"candidates[{index}] has no feature {feature!r} (and the context neither)") from None
+    values = [rows] if len(wanted) == 1 else [list(column) for column in zip(*rows)]
+    shared = set(context)
+    if shared:
+        holder = next((i for i, c in enumerate(candidates) if not shared.isdisjoint(c)), None)
         if holder is not None:
+            key = next(k for k in context if k in candidates[holder])
             raise DataError(f"feature {key!r} is in the context and in candidates[{holder}]; send it in one place")
-    return columns, len(candidates)
+    return dict(zip(wanted, values)), len(candidates)
 
 
 def _check_not_in_both(context: Mapping[str, Any], has: Any, where: str) -> None:
