@@ -109,12 +109,12 @@ def candidate_columns(candidates: Any, wanted: list[str], context: Mapping[str, 
     # costs a Python step per value (3 ms of a 1000-candidate request).
     getter = operator.itemgetter(*wanted) if wanted else None
     try:
-        rows = [getter(c) for c in candidates] if getter is not None else []
+        picked = [getter(c) for c in candidates] if getter is not None else []
     except (KeyError, TypeError):
         index, feature = next(((i, f) for i, c in enumerate(candidates) for f in wanted
                                if not isinstance(c, Mapping) or f not in c), (0, wanted[0]))
         raise DataError(f"candidates[{index}] has no feature {feature!r} (and the context neither)") from None
-    values = [rows] if len(wanted) == 1 else [list(column) for column in zip(*rows)]
+    values = [picked] if len(wanted) == 1 else [list(column) for column in zip(*picked)]
     shared = set(context)
     if shared:
         holder = next((i for i, c in enumerate(candidates) if not shared.isdisjoint(c)), None)
