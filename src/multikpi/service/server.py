@@ -52,11 +52,14 @@ def build_app(settings: ServeSettings, bundle: Bundle | None = None) -> Any:
     run is the one last published there (a worker restarted after a reload serves the new run)."""
     torch.set_num_threads(settings.threads)
     reload_file = ReloadFile(Path(settings.reload_file)) if settings.reload_file else None
-    run_dir = reload_file.read()[1] if reload_file is not None and reload_file.path.is_file() else settings.run_dir
+    # The generation and its run are read together, before the (slow) load: a reload published
+    # while this worker loads then has a newer generation, and the follower swaps it in.
+    generation, run_dir = (reload_file.read() if reload_file is not None and reload_file.path.is_file()
+                           else (0, settings.run_dir))
     if bundle is None:
         bundle = load_bundle(run_dir, settings.backend, settings.threads, settings.limits)
     state = ServiceState(bundle, backend=settings.backend, threads=settings.threads, limits=settings.limits,
-                         reload_file=reload_file)
+                         reload_file=reload_file, generation=generation)
     return create_app(state, admin_token=os.environ.get(ENV_ADMIN_TOKEN) or None, follow=reload_file is not None)
 
 

@@ -120,12 +120,15 @@ class ServiceState:
     """The current Bundle (read `state.current` once per request) and how it is replaced."""
 
     def __init__(self, bundle: Bundle, *, backend: str, threads: int, limits: Limits,
-                 metrics: ServiceMetrics | None = None, reload_file: ReloadFile | None = None):
+                 metrics: ServiceMetrics | None = None, reload_file: ReloadFile | None = None,
+                 generation: int = 0):
+        """`generation`: the reload file's generation that `bundle` was loaded from (read with its
+        run directory, before the load)."""
         self.current = bundle
         self.backend, self.threads, self.limits = backend, threads, limits
         self.metrics = metrics or ServiceMetrics()
         self.reload_file = reload_file
-        self.generation = reload_file.read()[0] if reload_file is not None and reload_file.path.is_file() else 0
+        self.generation = generation
         self._reload_lock = threading.Lock()
         self.metrics.serving(bundle.version, bundle.predictor.backend.name)
 
