@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 "$MULTIKPI" make-data feed --rows 60000 --seed 1 --out demo/valid.parquet
 "$MULTIKPI" make-data feed --rows 60000 --seed 2 --out demo/test.parquet
 "$MULTIKPI" validate configs/demo.yaml
-"$MULTIKPI" train configs/demo.yaml
+"$MULTIKPI" train configs/demo.yaml --overwrite  # a second `make demo` replaces the first run
 "$MULTIKPI" evaluate demo/run demo/test.parquet --json demo/test_metrics.json
 "$MULTIKPI" predict demo/run demo/test.parquet --out demo/predictions.parquet --keep request_id,item_id
 "$MULTIKPI" tune-decision demo/run demo/valid.parquet --group request_id --objective convert@10 \
