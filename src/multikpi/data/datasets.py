@@ -121,11 +121,8 @@ class ParquetDataset:
         total = 0
         for fragment in self.fragments:
             metadata = fragment.metadata
-            names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
-            wanted = [i for i, n in enumerate(names) if n in columns]
-            for g in range(metadata.num_row_groups):
-                total += sum(metadata.row_group(g).column(i).total_uncompressed_size for i in wanted)
-            total += 8 * metadata.num_rows * len([c for c in columns if c not in names])
+            sizes = _column_sizes(metadata, columns)
+            total += sum(sizes.values()) + 8 * metadata.num_rows * len([c for c in columns if c not in sizes])
         return total
 
     def fingerprint(self) -> dict[str, Any]:
@@ -149,14 +146,19 @@ def footer_bytes(location: str, columns: list[str]) -> tuple[int, dict[str, int]
         metadata = pq.ParquetFile(location).metadata
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"data {location!r} is not readable parquet: {_first_line(err)}") from None
+    return metadata.num_rows, {c: 0 for c in columns} | _column_sizes(metadata, columns)
+
+
+def _column_sizes(metadata: pq.FileMetaData, columns: list[str]) -> dict[str, int]:
+    """column -> decoded bytes over the file's row groups, for the `columns` the file holds."""
     names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
-    sizes = {c: 0 for c in columns}
+    wanted = {i: n for i, n in enumerate(names) if n in columns}
+    sizes = dict.fromkeys(wanted.values(), 0)
     for g in range(metadata.num_row_groups):
         group = metadata.row_group(g)
-        for i, name in enumerate(names):
-            if name in sizes:
-                sizes[name] += group.column(i).total_uncompressed_size
-    return metadata.num_rows, sizes
+        for i, name in wanted.items():
+            sizes[name] += group.column(i).total_uncompressed_size
+    return sizes
 
 
 class DatasetColumns:
