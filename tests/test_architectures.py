@@ -37,14 +37,14 @@ def test_forward_shapes(tiny_config, arch):
     expected = set(TASKS) | ({"convert.given_click"} if arch == "esmm" else set())
     assert set(outputs) == expected
     assert all(v.shape == (64,) and v.dtype == torch.float32 for v in outputs.values())
-    representations = model.shared(torch.randn(5, model.embeddings.out_dim + data.dense.shape[1]))
+    representations = model.shared(torch.randn(5, model.input_dim))
     assert {t: r.shape for t, r in representations.items()} == {t: (5, model.shared.out_dim) for t in TASKS}
 
 
 @pytest.mark.parametrize("arch", ["mmoe", "ple"])
 def test_gates_sum_to_one_per_row_and_usage_is_recorded(tiny_config, arch):
     _, _, data, model, _ = build_all(_config(tiny_config, arch))
-    inputs = torch.randn(32, model.embeddings.out_dim + data.dense.shape[1])
+    inputs = torch.randn(32, model.input_dim)
     weights = model.shared.gate_weights(inputs)
     experts = 3 if arch == "mmoe" else 2 + 2  # ple: task-specific then shared experts of the last level
     for w in weights.values():
@@ -204,7 +204,7 @@ def test_fused_mmoe_equals_the_papers_per_task_sum(tiny_config):
     tiny_config["model"]["gate_hidden"] = [5]
     _, _, data, model, _ = build_all(_config(tiny_config, "mmoe"))
     mmoe = model.shared
-    x = torch.randn(9, model.embeddings.out_dim + data.dense.shape[1])
+    x = torch.randn(9, model.input_dim)
     fused = mmoe(x)
     for t, task in enumerate(TASKS):
         gate = _linear_gate(mmoe.gates, t, x)
@@ -216,7 +216,7 @@ def test_fused_ple_equals_the_papers_per_task_levels(tiny_config):
     """CGC levels (Tang et al. 2020, eq. 2-5) written with one loop per task and expert."""
     _, _, data, model, _ = build_all(_config(tiny_config, "ple"))
     ple, k = model.shared, 2
-    x = torch.randn(6, model.embeddings.out_dim + data.dense.shape[1])
+    x = torch.randn(6, model.input_dim)
     task_in, shared_in = {t: x for t in TASKS}, x
     for experts, gates in zip(ple.experts, ple.gates):
         shared = [_expert(experts["shared"], s, shared_in) for s in range(2)]
@@ -251,3 +251,32 @@ def test_batched_experts_equal_separate_linear_layers():
 def test_module_constructors_take_at_most_five_arguments(module):
     params = [p for p in inspect.signature(module.__init__).parameters if p != "self"]
     assert len(params) <= 5, params
+
+
+def _first_layer_padding_weights(model: torch.nn.Module, arch: str) -> torch.Tensor:
+    """The first layer's weights that multiply the padding columns (a view)."""
+    real = model.input_dim - model.input_padding
+    if arch == "mmoe":
+        return model.shared.experts.layers[0].weight[:, real:, :]  # (E, in, out)
+    return model.shared.mlp[0].weight[:, real:]  # (out, in)
+
+
+@pytest.mark.parametrize("arch", ["shared_bottom", "mmoe"])
+def test_input_is_padded_to_a_multiple_of_16_with_columns_that_change_nothing(tiny_config, arch):
+    """The zero columns that align the input width (models/build.py) never change an output and
+    never get a gradient, so the padded model is the unpadded one."""
+    _, _, data, model, _ = build_all(_config(tiny_config, arch))
+    real = model.embeddings.out_dim + data.dense.shape[1]
+    assert model.input_dim % 16 == 0 and real < model.input_dim < real + 16  # the tiny config is not aligned
+    batch = first_batch(data, 32)
+    before = model(batch)
+    padding = _first_layer_padding_weights(model, arch)
+    with torch.no_grad():
+        padding.copy_(torch.randn_like(padding) * 100)
+    after = model(batch)
+    assert all(torch.equal(before[t], after[t]) for t in before)
+    sum(v.sum() for v in after.values()).backward()
+    first = model.shared.experts.layers[0].weight if arch == "mmoe" else model.shared.mlp[0].weight
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    padding_grad = first.grad[:, real:, :] if arch == "mmoe" else first.grad[:, real:]
+    assert padding_grad.numel() > 0 and torch.count_nonzero(padding_grad) == 0

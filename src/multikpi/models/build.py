@@ -21,16 +21,28 @@ from multikpi.models.protocols import SharingArchitecture
 from multikpi.models.task_graph import Edge, TaskGraph
 
 
+# The input width is rounded up to a multiple of this with zero columns (nanoGPT pads its
+# vocabulary to a multiple of 64 for the same reason): the first layer's input-gradient GEMM
+# writes an (B, in_dim) output, and at an odd width such as the feed benchmark's 433 MKL's sgemm
+# runs at about half speed (4096 x 256 @ 256 x 433: 10.9 ms; x 432: 5.4 ms; on 2 AVX2 cores).
+INPUT_ALIGNMENT = 16
+
+
 @dataclass(frozen=True)
 class ArchInputs:
-    """What an architecture reads: the embeddings (B, F * width), then `num_dense` dense inputs."""
+    """What an architecture reads: the embeddings (B, F * width), then `num_dense` dense inputs,
+    then `padding` zero columns that round the width up to a multiple of INPUT_ALIGNMENT."""
 
     embeddings: FeatureEmbedding
     num_dense: int
 
     @property
+    def padding(self) -> int:
+        return -(self.embeddings.out_dim + self.num_dense) % INPUT_ALIGNMENT
+
+    @property
     def dim(self) -> int:
-        return self.embeddings.out_dim + self.num_dense
+        return self.embeddings.out_dim + self.num_dense + self.padding
 
 
 def _shared_bottom(spec: ModelSpec, tasks: list[str], inputs: ArchInputs) -> SharingArchitecture:
@@ -98,7 +110,8 @@ def build_model(spec: ModelSpec, tasks: Mapping[str, TaskSpec], encoder: Feature
     # single_task: one embedding slice per task (T times wider table), so that no weight is shared.
     copies = len(names) if ARCHITECTURES[spec.arch].embedding_copies_per_task else 1
     embeddings = FeatureEmbedding(encoder.vocab_sizes, spec.embedding_dim * copies)
-    shared = BUILDERS[spec.arch](spec, names, ArchInputs(embeddings, encoder.num_dense_inputs))
+    inputs = ArchInputs(embeddings, encoder.num_dense_inputs)
+    shared = BUILDERS[spec.arch](spec, names, inputs)
     graph = task_graph(spec, tasks)
     heads = nn.ModuleDict()
     for task in names:
@@ -106,7 +119,8 @@ def build_model(spec: ModelSpec, tasks: Mapping[str, TaskSpec], encoder: Feature
                                 _output_bias(task, encoder, graph))
     binary = [t for t in names if tasks[t].kind == "binary"]
     tower = PositionTower(encoder.num_positions, binary) if encoder.position is not None and binary else None
-    return MultiTaskModel(embeddings, shared, heads, graph, tower)
+    return MultiTaskModel(embeddings, shared, heads, graph, tower, num_dense=inputs.num_dense,
+                          input_padding=inputs.padding)
 
 
 def _output_bias(task: str, encoder: FeatureEncoder, graph: TaskGraph) -> float:

@@ -26,23 +26,34 @@ class MultiTaskModel(nn.Module):
     heads:      ModuleDict task -> TaskTower, taking (B, H + k) where k = number of upstream estimates.
     graph:      the order in which heads run and which estimates feed which tower.
     position_tower: optional shallow tower over the logged position, used in `forward` only.
+    input_padding: zero columns appended to [embeddings, dense] so that the architecture's input
+      width is a multiple of 16 (models/build.py: INPUT_ALIGNMENT). They multiply weights that never
+      change an output and get zero gradients.
     """
 
     output_offsets: torch.Tensor
 
     def __init__(self, embeddings: FeatureEmbedding, shared: SharingArchitecture, heads: nn.ModuleDict,
-                 graph: TaskGraph, position_tower: PositionTower | None = None):
+                 graph: TaskGraph, position_tower: PositionTower | None = None, num_dense: int = 0,
+                 input_padding: int = 0):
         super().__init__()
         self.embeddings = embeddings
         self.shared: SharingArchitecture = shared
         self.heads = heads
         self.graph = graph
         self.position_tower = position_tower
+        self.num_dense = num_dense
+        self.input_padding = input_padding
         # Added to each task's final output (a logit shift for binary tasks, a log-mean shift for
         # log-link regressions) after training so that the estimates are right on average
         # (training/centering.py); 0 while training. After the task graph, so that a downstream
         # tower always reads its upstream estimate as it was trained.
         self.register_buffer("output_offsets", torch.zeros(len(heads)))
+
+    @property
+    def input_dim(self) -> int:
+        """The width of what the architecture reads: F*dim embeddings + D dense + the padding."""
+        return self.embeddings.out_dim + self.num_dense + self.input_padding
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Batch (categorical (B, F), dense (B, D), position (B,) or None) -> dict task -> (B,) logit
@@ -63,7 +74,10 @@ class MultiTaskModel(nn.Module):
         return self.position_tower.add(outputs, position)
 
     def forward_features(self, categorical: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        inputs = torch.cat([self.embeddings(categorical), dense], dim=1)
+        parts = [self.embeddings(categorical), dense]
+        if self.input_padding:
+            parts.append(dense.new_zeros(dense.shape[0], self.input_padding))
+        inputs = torch.cat(parts, dim=1)
         representations = self.shared(inputs)
         outputs: dict[str, torch.Tensor] = {}
         for task in self.graph.order:

@@ -105,7 +105,7 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
     check_table_memory(sum(encoder.vocab_sizes), config.model.embedding_dim * copies)
     training = build_training(config, encoder).to(device)
     model = training.model
-    check_memory(model, batch_size, source.num_rows, model.embeddings.out_dim + encoder.num_dense_inputs)
+    check_memory(model, batch_size, source.num_rows, model.input_dim)
     # `auto` times the model's GEMMs: rank 0 decides for every rank (they must train alike)
     precision = context.broadcast(context.on_writer(
         lambda: resolve_precision(config.train.precision, device, model, batch_size, "train")))
