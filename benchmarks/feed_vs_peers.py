@@ -131,6 +131,7 @@ def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
                 "predict_rows_per_s": [r["predict_rows_per_s"] for r in mine],
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
                 "load_encode_s": mine[0].get("load_encode_s", mine[0].get("preprocess_s")),
+                "e2e_s": [_end_to_end_s(r) for r in mine],
                 "auc_click": mine[0]["auc_click"], "auc_convert": mine[0]["auc_convert"],
                 "corr_dwell": mine[0].get("corr_dwell"),
                 "precision": (f"{mine[0]['train_precision']} / {mine[0]['predict_precision']}"
@@ -143,21 +144,31 @@ def summarize(rows: list[dict], peak_gflops: float) -> list[dict]:
                 line[f"train_ratio_{peer}"] = speed / statistics.median(r["train_ex_per_s"] for r in theirs)
                 line[f"predict_ratio_{peer}"] = (statistics.median(line["predict_rows_per_s"])
                                                  / statistics.median(r["predict_rows_per_s"] for r in theirs))
+                line[f"e2e_ratio_{peer}"] = (statistics.median(_end_to_end_s(r) for r in theirs)
+                                             / statistics.median(line["e2e_s"]))
         table.append(line)
     return table
 
 
+def _end_to_end_s(run: dict) -> float:
+    """Load + train + evaluate, seconds: the peers' whole run (`total_wall_s`: read, preprocess, fit,
+    predict and score test); multikpi's `train()` call (read, encode, fit, evaluate test, calibrate,
+    write the run directory)."""
+    return float(run["train_wall_s"] if "train_wall_s" in run else run["total_wall_s"])
+
+
 def markdown(table: list[dict], peak_gflops: float, info: dict) -> str:
     head = ("| system | model | train ex/s (runs) | × DeepCTR | × rechub | % fp32 FLOP bound | peak RSS MB "
-            "| load+encode s | predict rows/s | predict × DeepCTR | AUC click | AUC convert | dwell corr "
-            "| precision train / predict |")
-    lines = [head, "|" + "---|" * 14]
+            "| load+encode s | end-to-end s | end-to-end × DeepCTR | predict rows/s | predict × DeepCTR "
+            "| AUC click | AUC convert | dwell corr | precision train / predict |")
+    lines = [head, "|" + "---|" * 16]
     for t in table:
         runs = " / ".join(f"{v:,.0f}" for v in t["train_ex_per_s"])
         ratio = lambda key, t=t: f"{t[key]:.2f}" if key in t else "—"  # noqa: E731
         lines.append(
             f"| {t['system']} | {t['model']} | {runs} | {ratio('train_ratio_deepctr')} | {ratio('train_ratio_rechub')} "
             f"| {t['flop_bound_pct']:.0f}% | {t['peak_rss_mb']:,.0f} | {t['load_encode_s']} "
+            f"| {statistics.median(t['e2e_s']):.1f} | {ratio('e2e_ratio_deepctr')} "
             f"| {statistics.median(t['predict_rows_per_s']):,.0f} | {ratio('predict_ratio_deepctr')} "
             f"| {t['auc_click']:.4f} | {t['auc_convert']:.4f} | {t['corr_dwell']} | {t.get('precision', 'fp32')} |")
     lines.append(f"\nfp32 matmul peak measured in this run: {peak_gflops:.1f} GFLOP/s (2 threads). "

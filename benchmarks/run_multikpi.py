@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import multikpi.cli  # noqa: F401,I001 - first: picks Arrow's allocator before pyarrow loads, as the command does
 from multikpi.api import predictor_of
 from multikpi.cli.main import _use_returning_allocator
 from multikpi.config import load_config

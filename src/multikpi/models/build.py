@@ -20,7 +20,6 @@ from multikpi.models.position import PositionTower
 from multikpi.models.protocols import SharingArchitecture
 from multikpi.models.task_graph import Edge, TaskGraph
 
-
 # The input width is rounded up to a multiple of this with zero columns (nanoGPT pads its
 # vocabulary to a multiple of 64 for the same reason): the first layer's input-gradient GEMM
 # writes an (B, in_dim) output, and at an odd width such as the feed benchmark's 433 MKL's sgemm

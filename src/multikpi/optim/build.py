@@ -90,6 +90,13 @@ class OptimizerSet:
         for scheduler in self.schedulers:
             scheduler.step()
 
+    def release(self) -> None:
+        """Drop the gradients and every optimizer's state (Adam's moments: twice the parameters)
+        once the last step is taken; the set cannot step again afterwards."""
+        self.zero_grad()
+        for optimizer in self.optimizers:
+            optimizer.state.clear()
+
     def learning_rates(self) -> dict[str, float]:
         return {g["name"]: g["lr"] for o in self.optimizers for g in o.param_groups}
 

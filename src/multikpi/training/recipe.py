@@ -123,6 +123,7 @@ def _train(config: RunConfig, workspace: RunWorkspace, resume: bool, context: Di
     stepper = data_parallel(training, context)  # the training module itself, or under DDP its wrapper
     _loop(config, run_dir, state, training, stepper, optimizers, data, precision, selection, scalars, context)
     scalars.close()
+    optimizers.release()  # the last checkpoint is written: the final phase's peak needs no Adam moments
 
     metrics = _final_metrics(config, training, data, selection, precision, context)
     if not context.is_writer:
