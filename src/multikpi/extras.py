@@ -14,6 +14,7 @@ EXTRAS = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
+    "orjson": "serve",
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",

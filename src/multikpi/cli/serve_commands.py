@@ -32,7 +32,7 @@ def serve(args: argparse.Namespace) -> None:
     from multikpi.errors import DataError
     from multikpi.extras import import_extra
 
-    for module in ("fastapi", "uvicorn", "prometheus_client"):
+    for module in ("fastapi", "uvicorn", "prometheus_client", "orjson"):
         import_extra(module, "multikpi serve")
     if args.backend == "onnx":
         for module in ("onnx", "onnxruntime", "onnxscript"):

@@ -83,7 +83,11 @@ class ServingEncoder:
             categorical[:, i] = codes
         for i, column in enumerate(self.dense):
             values, missing, bins = self._standardize(column, self._raw(column, columns, context, rows))
-            dense[:, i] = values
+            with np.errstate(over="ignore"):
+                dense[:, i] = values
+            if not np.isfinite(dense[:, i]).all():  # finite in float64, beyond float32 once standardized
+                raise DataError(f"dense feature {column!r} has a value too large for the model (its "
+                                f"standardized value overflows float32)")
             if column in self._indicator_at:
                 dense[:, self._indicator_at[column]] = missing
             if bins is not None:
@@ -91,12 +95,18 @@ class ServingEncoder:
         return EncodedRequest(categorical, dense, oov)
 
     def _fast_codes(self, column: str, raw: Any) -> np.ndarray | None:
-        """Codes of a plain list of Python ints in an int64 vocabulary, without Arrow (what a JSON
-        request holds); None when the values are anything else (nulls, other types: `codes`)."""
-        if column not in self._sorted or not isinstance(raw, list) or self._sorted[column].dtype != np.int64:
+        """Codes of a plain list of Python ints (what a JSON request holds) or an int64 array in an
+        int64 vocabulary, without Arrow; None when the values are anything else (nulls, other
+        types: `codes`)."""
+        if column not in self._sorted or self._sorted[column].dtype != np.int64:
             return None
-        values = np.array(raw)
-        if values.dtype != np.int64:
+        if isinstance(raw, np.ndarray):
+            values = raw
+        elif isinstance(raw, list):
+            values = np.array(raw)
+        else:
+            return None
+        if values.dtype != np.int64 or values.ndim != 1:
             return None
         return self._search(self._sorted[column], values)
 
@@ -104,8 +114,8 @@ class ServingEncoder:
         """The dense column's standardized values, missing mask and bin codes (`standardize`); a
         list of Python numbers and None is converted by NumPy directly."""
         stats = self.encoder.dense_stats[column]
-        if isinstance(raw, list):
-            values = np.array(raw)
+        if isinstance(raw, (list, np.ndarray)):
+            values = np.asarray(raw)
             if values.ndim == 1 and values.dtype.kind in "fiub":  # numbers only (None or text: Arrow below)
                 return standardize_values(finite_values(values.astype(np.float64), column, stats["log1p"]), stats)
         return standardize(as_arrow(raw, column), column, stats)

@@ -69,7 +69,7 @@ class RankedCandidates:
 def rank_request(predictor: Predictor, request: Mapping[str, Any]) -> RankedCandidates:
     """See the module docstring. DataError / ConfigError (naming the field) for a bad request."""
     context = dict(request.get("context") or {})
-    top_k = _top_k(request.get("top_k"), predictor.serving.top_k)
+    top_k = _top_k(request.get("top_k"), predictor.serving.top_k)  # checked first: cheap, and named alone
     formula = request_formula(_score_text(request.get("score"), predictor), tuple(predictor.tasks))
     features = predictor.feature_columns()
     unknown = [k for k in context if k not in features and k not in predictor.serving.id_columns]
@@ -79,13 +79,34 @@ def rank_request(predictor: Predictor, request: Mapping[str, Any]) -> RankedCand
     candidates = request.get("candidates")
     wanted = [f for f in features if f not in context]
     columns, rows = candidate_columns(candidates, wanted, context)
-    encoded = predictor.serving_encoder.encode(columns, rows, context)
+    return rank_columns(predictor, CandidateColumns(context, columns, rows, candidates), top_k, formula.text)
+
+
+@dataclass(frozen=True)
+class CandidateColumns:
+    """One request, checked and split into columns: `context` feature -> one value, `columns`
+    feature -> `rows` values (lists or NumPy arrays) for every other feature, and `candidates` as
+    sent (a list of objects, a dict of columns or a Table) for the id columns of the answer."""
+
+    context: Mapping[str, Any]
+    columns: Mapping[str, Any]
+    rows: int
+    candidates: Any
+
+
+def rank_columns(predictor: Predictor, request: CandidateColumns, top_k: Any = None,
+                 score: Any = None) -> RankedCandidates:
+    """Encode, estimate, fuse and order one request already split into columns (`rank_request`,
+    or the HTTP service's fast path); `top_k` / `score` None: the run's."""
+    top_k = _top_k(top_k, predictor.serving.top_k)
+    formula = request_formula(_score_text(score, predictor), tuple(predictor.tasks))
+    encoded = predictor.serving_encoder.encode(request.columns, request.rows, request.context)
     estimates = predictor.estimates_of(encoded.categorical, encoded.dense)
-    scores = formula.evaluate(estimates, rows=rows)
+    scores = formula.evaluate(estimates, rows=request.rows)
     order = request_order(scores)[:top_k]
     return RankedCandidates(order, scores[order], {t: v[order] for t, v in estimates.items()},
-                            _ids(predictor.serving.id_columns, context, candidates, order), formula.text, top_k,
-                            rows, encoded.oov, predictor.version)
+                            _ids(predictor.serving.id_columns, request.context, request.candidates, order),
+                            formula.text, top_k, request.rows, encoded.oov, predictor.version)
 
 
 def candidate_columns(candidates: Any, wanted: list[str], context: Mapping[str, Any]

@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from multikpi._version import __version__
 from multikpi.errors import MultiKPIError
+from multikpi.serve.request import rank_columns
 from multikpi.service.metrics import MetricsMiddleware
 from multikpi.service.openapi import service_openapi
 from multikpi.service.schema import ReloadRequest
@@ -107,10 +108,17 @@ def create_app(state: ServiceState, admin_token: str | None = None, follow: bool
 
 
 def rank_json(bundle: Bundle, body: bytes, state: ServiceState) -> bytes:
-    """A /rank body -> the response JSON (raises ValidationError / MultiKPIError on bad input)."""
-    request = bundle.models.rank.validate_json(body)
-    ranked = bundle.predictor.rank({"context": request.context, "candidates": request.candidates,
-                                    "top_k": request.top_k, "score": request.score})
+    """A /rank body -> the response JSON (raises ValidationError / MultiKPIError on bad input).
+
+    A valid body takes the fast path (parsed straight into columns); anything else is validated by
+    the generated model, whose errors name the field (service/fast_request.py)."""
+    fast = bundle.models.fast_rank.parse(body)
+    if fast is not None:
+        ranked = rank_columns(bundle.predictor, fast.columns, fast.top_k, fast.score)
+    else:
+        request = bundle.models.rank.validate_json(body)
+        ranked = bundle.predictor.rank({"context": request.context, "candidates": request.candidates,
+                                        "top_k": request.top_k, "score": request.score})
     state.metrics.candidates.inc(ranked.num_candidates)
     state.metrics.count_oov(ranked.oov)
     return to_json({"version": ranked.version, "score": ranked.formula, "top_k": ranked.top_k,

@@ -23,6 +23,7 @@ from typing_extensions import TypedDict  # pydantic needs typing_extensions' Typ
 
 from multikpi.formula import MAX_LENGTH
 from multikpi.serve.predictor import Predictor
+from multikpi.service.fast_request import FastRankParser
 
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
@@ -40,11 +41,13 @@ class Limits:
 
 @dataclass(frozen=True)
 class RequestModels:
-    """The generated models of one run: `rank` and `predict` validate request bodies (JSON bytes)."""
+    """The generated models of one run: `rank` and `predict` validate request bodies (JSON bytes);
+    `fast_rank` parses the valid /rank bodies straight into columns (service/fast_request.py)."""
 
     rank: TypeAdapter[Any]
     predict: TypeAdapter[Any]
     schemas: dict[str, Any]  # name -> model, for the OpenAPI components
+    fast_rank: FastRankParser
 
 
 def feature_types(predictor: Predictor) -> dict[str, Any]:
@@ -82,7 +85,8 @@ def request_models(predictor: Predictor, limits: Limits) -> RequestModels:
     )
     responses = response_models(predictor)
     schemas = {"RankRequest": rank, "PredictRequest": predict, **responses}
-    return RequestModels(TypeAdapter(rank), TypeAdapter(predict), schemas)
+    return RequestModels(TypeAdapter(rank), TypeAdapter(predict), schemas,
+                         FastRankParser(predictor, limits.max_candidates))
 
 
 def response_models(predictor: Predictor) -> dict[str, type[BaseModel]]:
