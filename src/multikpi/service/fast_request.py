@@ -19,6 +19,7 @@ bodies of every kind against the model).
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from types import NoneType
@@ -118,8 +119,8 @@ class FastRankParser:
     def column(self, name: str, values: tuple[Any, ...]) -> Any:
         """`values` of field `name` as the encoder takes them, or None when the model refuses one
         (or `name` is not a field). Without nulls an int column is an int64 array and a number
-        column a float64 array; with nulls the values stay a list (the encoder's general path),
-        numbers as floats, as the model gives them."""
+        column a float64 array (null -> NaN: orjson never yields a NaN, so each one is a null);
+        other columns, and int columns with nulls, stay lists (the encoder's general path)."""
         field = self.fields.get(name)
         if field is None:
             return None
@@ -129,11 +130,12 @@ class FastRankParser:
         if (has_null and not field.nullable) or not types <= KIND_TYPES[field.kind]:
             return None
         try:
-            if field.kind == "number":
-                if has_null:
-                    return [None if v is None else float(v) for v in values]
-                array = np.array(values, dtype=np.float64)
-                return array if np.isfinite(array).all() else None
+            if field.kind == "number":  # null -> NaN, what the encoder reads as missing
+                array = np.array([math.nan if v is None else v for v in values] if has_null else values,
+                                 dtype=np.float64)
+                finite = np.isfinite(array)
+                return array if finite.all() or (has_null and int(finite.sum()) + values.count(None) == len(values)) \
+                    else None
             if field.kind == "int" and not has_null:
                 return np.array(values, dtype=np.int64)  # OverflowError beyond int64
         except OverflowError:
