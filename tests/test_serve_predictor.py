@@ -66,6 +66,24 @@ def test_python_lists_as_json_gives_them_encode_the_same(predictor, feed_files):
         predictor.serving_encoder.encode({**lists, "price": [math.inf] + lists["price"][1:]}, table.num_rows)
 
 
+def test_arrays_as_the_http_fast_path_gives_them_encode_the_same(predictor, feed_files):
+    """int64 arrays for integer ids and float64 arrays with NaN for missing numbers (all dense
+    columns standardized at once, `_standardize_matrix`) -> the same codes and values."""
+    table = pq.read_table(feed_files["test"])
+    expected = predictor.encoder.encode(table, with_labels=False)
+    encoder = predictor.encoder
+    arrays = {c: (table.column(c).to_numpy().astype(np.int64) if pa.types.is_integer(encoder.vocabs[c].type)
+                  else table.column(c).to_pylist()) for c in encoder.categorical}
+    arrays.update({c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in encoder.dense})
+    assert any(np.isnan(arrays[c]).any() for c in encoder.dense) and encoder.binned  # missing values and bins
+    got = predictor.serving_encoder.encode(arrays, table.num_rows)
+    assert np.array_equal(got.categorical, expected.categorical.numpy())
+    assert np.array_equal(got.dense, expected.dense.numpy())
+    broken = {**arrays, "item_age_h": np.where(np.arange(table.num_rows) == 3, np.inf, arrays["item_age_h"])}
+    with pytest.raises(DataError, match=r"dense column 'item_age_h' must be finite or null. Got 1 infinite value"):
+        predictor.serving_encoder.encode(broken, table.num_rows)
+
+
 def test_context_is_broadcast_like_repeated_rows(predictor, test_table):
     context, candidates, rows = _request(test_table, 3)
     full = [{**context, **c} for c in candidates]

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from multikpi.data.columns import (
     DenseEncoding,
+    bin_codes,
     check_id_kind,
     check_id_type,
     encode_ids,
@@ -33,6 +34,7 @@ from multikpi.data.columns import (
 from multikpi.data.encoders import FeatureEncoder
 from multikpi.errors import DataError
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 LARGE = 50_000  # rows of a string column above which the vocabulary is hashed per call instead
 
 
@@ -65,6 +67,11 @@ class ServingEncoder:
         self._bins_at = {c: len(self.categorical) + k for k, c in enumerate(encoder.binned)}
         self.num_categorical = len(self.categorical) + len(self._bins_at)
         self.num_dense = encoder.num_dense_inputs
+        stats = [encoder.dense_stats[c] for c in self.dense]
+        self._log1p_columns = np.array([j for j, s in enumerate(stats) if s["log1p"]], dtype=np.int64)
+        self._means = np.array([s["mean"] for s in stats], dtype=np.float64)
+        self._stds = np.array([s["std"] for s in stats], dtype=np.float64)
+        self._bin_edges = {j: np.asarray(s["bin_edges"]) for j, s in enumerate(stats) if "bin_edges" in s}
 
     def encode(self, columns: Mapping[str, Any], rows: int,
                context: Mapping[str, Any] | None = None) -> EncodedRequest:
@@ -75,14 +82,21 @@ class ServingEncoder:
         dense = np.empty((rows, self.num_dense), dtype=np.float32)
         oov: dict[str, int] = {}
         for i, column in enumerate(self.categorical):
+            code = self._context_code(column, context[column]) if column in context else None
+            if code is not None:  # one context value: looked up once, broadcast
+                categorical[:, i] = code
+                oov[column] = int(code == 0)
+                continue
             raw = self._raw(column, columns, context, rows)
             codes = self._fast_codes(column, raw)
             if codes is None:
                 codes = self.codes(column, as_arrow(raw, column))
             oov[column] = int(np.count_nonzero(codes == 0))
             categorical[:, i] = codes
-        for i, column in enumerate(self.dense):
-            values, missing, bins = self._standardize(column, self._raw(column, columns, context, rows))
+        matrix = self._dense_matrix(columns, rows, context)
+        encoded = (self._standardize_matrix(matrix) if matrix is not None else
+                   [self._standardize(c, self._raw(c, columns, context, rows)) for c in self.dense])
+        for i, (column, (values, missing, bins)) in enumerate(zip(self.dense, encoded)):
             with np.errstate(over="ignore"):
                 dense[:, i] = values
             if not np.isfinite(dense[:, i]).all():  # finite in float64, beyond float32 once standardized
@@ -93,6 +107,48 @@ class ServingEncoder:
             if bins is not None:
                 categorical[:, self._bins_at[column]] = bins
         return EncodedRequest(categorical, dense, oov)
+
+    def _context_code(self, column: str, value: Any) -> int | None:
+        """The code of one context value (None: not a plain int or str; the general path decides)."""
+        if value is None:
+            return 0  # a missing id: out of vocabulary, as a null in a column
+        vocab = self._sorted.get(column)
+        if vocab is not None and type(value) is int and vocab.dtype == np.int64 and INT64_MIN <= value <= INT64_MAX:
+            at = int(np.searchsorted(vocab, value))
+            return at + 1 if at < vocab.size and vocab[at] == value else 0
+        if vocab is None and type(value) is str and pa.types.is_string(self.encoder.vocabs[column].type):
+            return self._lookup(column).get(value, 0)
+        return None
+
+    def _dense_matrix(self, columns: Mapping[str, Any], rows: int, context: Mapping[str, Any]) -> np.ndarray | None:
+        """(rows, D) float64 of the dense features when each is a float64 array (NaN = missing, as
+        the HTTP fast path gives them) or a number or null in the context; else None."""
+        matrix = np.empty((rows, len(self.dense)), dtype=np.float64)
+        for j, column in enumerate(self.dense):
+            value = context[column] if column in context else columns.get(column)
+            if column in context and (value is None or type(value) in (int, float)):
+                matrix[:, j] = np.nan if value is None else value
+            elif isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == (rows,):
+                matrix[:, j] = value
+            else:
+                return None
+        return matrix
+
+    def _standardize_matrix(self, matrix: np.ndarray) -> list[DenseEncoding] | list[Any]:
+        """`standardize` of every dense column at once: the same float64 operations, in one pass
+        over the (rows, D) matrix instead of one per column. Infinite values take the per-column
+        path, whose error names the column."""
+        if np.isinf(matrix).any():
+            return [self._standardize(c, matrix[:, j].copy()) for j, c in enumerate(self.dense)]
+        log = self._log1p_columns
+        if log.size:
+            matrix[:, log] = np.log1p(np.maximum(matrix[:, log], 0.0))
+        missing = np.isnan(matrix)
+        bins = {j: bin_codes(matrix[:, j], edges) for j, edges in self._bin_edges.items()}
+        matrix -= self._means
+        matrix /= self._stds
+        matrix[missing] = 0.0
+        return [(matrix[:, j], missing[:, j], bins.get(j)) for j in range(len(self.dense))]
 
     def _fast_codes(self, column: str, raw: Any) -> np.ndarray | None:
         """Codes of a plain list of Python ints (what a JSON request holds) or an int64 array in an
