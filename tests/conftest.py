@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from pathlib import Path
 
@@ -11,6 +12,14 @@ from multikpi.data.tabular import write_table
 from multikpi.synthetic.feed import make_feed
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc():
+    """The service freezes the loaded process out of the cyclic collector (service/state.py); the
+    test process goes on creating and dropping services, so it unfreezes after every test."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(autouse=True, scope="session")

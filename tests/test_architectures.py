@@ -280,3 +280,43 @@ def test_input_is_padded_to_a_multiple_of_16_with_columns_that_change_nothing(ti
     assert first.grad is not None and first.grad.abs().sum() > 0
     padding_grad = first.grad[:, real:, :] if arch == "mmoe" else first.grad[:, real:]
     assert padding_grad.numel() > 0 and torch.count_nonzero(padding_grad) == 0
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_forward_is_forward_projected_of_the_input_layers(tiny_config, arch):
+    """forward(x) == forward_projected([layer(x) for layer in input_layers()]), bitwise; the
+    architectures without input layers (ple, esmm, single_task) never take that path."""
+    _, _, data, model, _ = build_all(_config(tiny_config, arch))
+    layers = model.shared.input_layers()
+    assert bool(layers) == (arch in ("shared_bottom", "mmoe"))
+    if layers:
+        x = torch.randn(7, model.input_dim)
+        direct, projected = model.shared(x), model.shared.forward_projected([layer(x) for layer in layers])
+        assert all(torch.equal(direct[t], projected[t]) for t in TASKS)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_a_request_computes_the_context_once_and_gives_the_same_outputs(tiny_config, arch):
+    """One ranking request: the user-side columns hold one value in every row. forward_request
+    splits the input layers into the context's share (once) and each row's own share; the outputs
+    equal forward_features' up to float rounding, for a categorical and a dense context column."""
+    tiny_config["model"]["dropout"] = 0.0
+    _, _, data, model, _ = build_all(_config(tiny_config, arch))
+    model.eval()
+    batch = first_batch(data, 40)
+    categorical, dense = batch.categorical.clone(), batch.dense.clone()
+    categorical[:, 0] = categorical[0, 0]  # user_id, the same user for every candidate
+    dense[:, 2] = dense[0, 2]  # affinity, a dense column as context
+    with torch.no_grad():
+        expected = model.forward_features(categorical, dense)
+        got = model.forward_request(categorical, dense, (0,), (2,))
+        none = model.forward_request(categorical, dense, (), ())
+    for task in expected:
+        assert torch.allclose(got[task], expected[task], atol=1e-5, rtol=1e-5), task
+        assert torch.equal(none[task], expected[task])
+    if model.shared.input_layers():  # the context is read from the first row only: computed once
+        other = categorical.clone()
+        other[1:, 0] = (categorical[0, 0] + 1) % model.embeddings.weight.shape[0]
+        with torch.no_grad():
+            again = model.forward_request(other, dense, (0,), (2,))
+        assert all(torch.equal(again[t], got[t]) for t in got)

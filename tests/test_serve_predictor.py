@@ -119,8 +119,10 @@ def test_rank_is_predict_then_the_formula_then_a_stable_sort(predictor, test_tab
     scores = click * (1 + 0.01 * dwell)  # the run's decide.score
     expected = np.argsort(-scores, kind="stable")[:4]
     assert ranked.indices.tolist() == expected.tolist()
-    assert ranked.scores == pytest.approx(scores[expected], rel=1e-12)
-    assert ranked.estimates["dwell"] == pytest.approx(dwell[expected], rel=1e-12)
+    # rank computes the context's share of the first layer once (forward_request): the same values
+    # up to float rounding (seen: 1.5e-10 relative), well inside the 1e-6 that serving promises
+    assert ranked.scores == pytest.approx(scores[expected], rel=1e-6)
+    assert ranked.estimates["dwell"] == pytest.approx(dwell[expected], rel=1e-6)
     assert ranked.ids == {"request_id": [5] * 4, "item_id": rows.column("item_id").to_numpy()[expected].tolist()}
     rows_out = ranked.to_rows()
     assert [r["rank"] for r in rows_out] == [1, 2, 3, 4] and rows_out[0]["index"] == expected[0]

@@ -219,12 +219,12 @@ def test_requests_in_flight_finish_on_the_old_model(serving_run, serving_run_b, 
         started = threading.Event()
         compute = old.predictor.backend.outputs
 
-        def outputs_after_the_swap(categorical, dense):
+        def outputs_after_the_swap(categorical, dense, context=None):
             started.set()
             deadline = time.monotonic() + 120
             while state.current is old and time.monotonic() < deadline:  # the swap happens meanwhile
                 time.sleep(0.01)
-            return compute(categorical, dense)
+            return compute(categorical, dense, context)
 
         old.predictor.backend.outputs = outputs_after_the_swap
         reloader = threading.Thread(target=lambda: started.wait(60) and state.reload(str(serving_run_b)))
@@ -293,3 +293,24 @@ def test_serving_errors_are_in_the_catalogue():
            "serve-reload-refused", "serve-bad-option", "serve-bad-backend", "serve-onnx-stale", "export-bad-format",
            "export-out-not-onnx"]
     assert [i for i in ids if f"`{i}`" not in text] == []
+
+
+def test_the_loaded_run_is_frozen_out_of_the_cyclic_collector(serving_run, serving_run_b):
+    """gc.freeze after loading (and again after a reload, once the old model is collected): a full
+    collection over the loaded process never lands in the middle of a request."""
+    import gc
+
+    from multikpi.service import state as state_module
+
+    app = build_app(ServeSettings(str(serving_run)))
+    try:
+        assert gc.get_freeze_count() > 10_000  # torch, the model, the encoders...
+        state = _state(app)
+        gc.unfreeze()
+        state.reload(str(serving_run_b))
+        deadline = time.monotonic() + 30
+        while gc.get_freeze_count() == 0 and time.monotonic() < deadline:  # the timer re-freezes
+            time.sleep(0.05)
+        assert gc.get_freeze_count() > 10_000 and state_module.REFREEZE_SECONDS <= 5
+    finally:
+        gc.unfreeze()

@@ -26,7 +26,15 @@ class SharedBottom(nn.Module, SharingArchitecture):
         self.out_dim = mlp_out_dim(in_dim, hidden)
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        shared = self.mlp(inputs)
+        if not len(self.mlp):  # no hidden layer: the input itself
+            return {task: inputs for task in self.tasks}
+        return self.forward_projected([self.mlp[0](inputs)])
+
+    def input_layers(self) -> list[nn.Module]:
+        return [self.mlp[0]] if len(self.mlp) else []
+
+    def forward_projected(self, projected: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        shared = self.mlp[1:](projected[0])
         return {task: shared for task in self.tasks}
 
     def last_shared_layer(self) -> nn.Linear:

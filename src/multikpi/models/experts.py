@@ -63,8 +63,12 @@ class ExpertBank(nn.Module):
         self.out_dim = mlp_out_dim(in_dim, hidden)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        hidden = inputs
-        for layer in self.layers:
+        return self.forward_from(self.layers[0](inputs))
+
+    def forward_from(self, first: torch.Tensor) -> torch.Tensor:
+        """The experts from the first layer's output (B, E, hidden[0]) on."""
+        hidden = self.dropout(torch.relu(first))
+        for layer in self.layers[1:]:
             hidden = self.dropout(torch.relu(layer(hidden)))
         return hidden
 
@@ -103,8 +107,14 @@ class GateBank(nn.Module):
         self.layers = nn.ModuleList(BatchedLinear(num_gates, a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        hidden = inputs
-        for layer in self.layers[:-1]:
+        return self.forward_from(self.layers[0](inputs))
+
+    def forward_from(self, first: torch.Tensor) -> torch.Tensor:
+        """The gates from the first layer's output (B, G, width) on."""
+        if len(self.layers) == 1:
+            return torch.softmax(first.float(), dim=-1)
+        hidden = torch.relu(first)
+        for layer in self.layers[1:-1]:
             hidden = torch.relu(layer(hidden))
         return torch.softmax(self.layers[-1](hidden).float(), dim=-1)
 
@@ -139,8 +149,14 @@ class MMoE(nn.Module, SharingArchitecture):
         return dict(zip(self.tasks, self.gates(inputs).unbind(1)))
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        expert_outputs = self.experts(inputs)  # (B, E, H)
-        weights = self.gates(inputs)  # (B, T, E)
+        return self.forward_projected([layer(inputs) for layer in self.input_layers()])
+
+    def input_layers(self) -> list[nn.Module]:
+        return [self.experts.layers[0], self.gates.layers[0]]
+
+    def forward_projected(self, projected: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        expert_outputs = self.experts.forward_from(projected[0])  # (B, E, H)
+        weights = self.gates.forward_from(projected[1])  # (B, T, E)
         self._usage = dict(zip(self.tasks, weights.detach().mean(dim=0)))
         mixed = torch.bmm(weights.to(expert_outputs.dtype), expert_outputs)  # (B, T, H)
         return dict(zip(self.tasks, mixed.unbind(1)))

@@ -44,6 +44,7 @@ class MultiTaskModel(nn.Module):
         self.position_tower = position_tower
         self.num_dense = num_dense
         self.input_padding = input_padding
+        self._splits: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         # Added to each task's final output (a logit shift for binary tasks, a log-mean shift for
         # log-link regressions) after training so that the estimates are right on average
         # (training/centering.py); 0 while training. After the task graph, so that a downstream
@@ -74,11 +75,48 @@ class MultiTaskModel(nn.Module):
         return self.position_tower.add(outputs, position)
 
     def forward_features(self, categorical: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._towers(self.shared(self._inputs(categorical, dense)))
+
+    def forward_request(self, categorical: torch.Tensor, dense: torch.Tensor, context_categorical: tuple[int, ...],
+                        context_dense: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """`forward_features` of one ranking request's N rows, whose categorical columns
+        `context_categorical` and dense columns `context_dense` (indices into `categorical` (N, F)
+        and `dense` (N, D)) hold the same value in every row: the user and page-view features.
+
+        The architecture's input layers are affine, W x + b = W_K x_K + (W_C x_C + b), so the
+        context's share (C) is computed once and broadcast, and each row pays only for its own
+        columns (K): on the feed benchmark 241 of the 448 inputs, 31% of SharedBottom's FLOPs
+        per candidate. The same outputs as `forward_features` up to float rounding."""
+        layers = self.shared.input_layers()
+        if not layers or not (context_categorical or context_dense):
+            return self.forward_features(categorical, dense)
+        inputs = self._inputs(categorical, dense)
+        own, shared = self._request_columns(context_categorical, context_dense, inputs.device)
+        rows, context = inputs.index_select(1, own), inputs[:1].index_select(1, shared)
+        return self._towers(self.shared.forward_projected([_split_affine(layer, rows, own, context, shared)
+                                                           for layer in layers]))
+
+    def _request_columns(self, context_categorical: tuple[int, ...], context_dense: tuple[int, ...],
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rows' own input positions, the context's), the padding in neither; cached per split."""
+        key = (context_categorical, context_dense)
+        if key not in self._splits:
+            dim, width = self.embeddings.dim, self.embeddings.out_dim
+            shared = [f * dim + j for f in context_categorical for j in range(dim)] + [width + d for d in context_dense]
+            own = sorted(set(range(width + self.num_dense)) - set(shared))
+            self._splits[key] = (torch.tensor(own), torch.tensor(sorted(shared)))
+        own_index, shared_index = self._splits[key]
+        return own_index.to(device), shared_index.to(device)
+
+    def _inputs(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(B, input_dim): the embeddings, the dense inputs and the zero padding."""
         parts = [self.embeddings(categorical), dense]
         if self.input_padding:
             parts.append(dense.new_zeros(dense.shape[0], self.input_padding))
-        inputs = torch.cat(parts, dim=1)
-        representations = self.shared(inputs)
+        return torch.cat(parts, dim=1)
+
+    def _towers(self, representations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The task graph's towers on the architecture's representations, then the output offsets."""
         outputs: dict[str, torch.Tensor] = {}
         for task in self.graph.order:
             features = representations[task]
@@ -96,3 +134,17 @@ class MultiTaskModel(nn.Module):
             for i, task in enumerate(self.heads):
                 if task in offsets:
                     self.output_offsets[i] += float(offsets[task])
+
+
+def _split_affine(layer: nn.Module, rows: torch.Tensor, own: torch.Tensor, context: torch.Tensor,
+                  shared: torch.Tensor) -> torch.Tensor:
+    """An input layer's output on every row, from the rows' own columns (N, K) at positions `own`
+    and the context's (1, C) at positions `shared`: (N, out) for an nn.Linear, (N, E, out) for a
+    BatchedLinear ((E, in, out) weight)."""
+    weight, bias = layer.weight, layer.bias
+    assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
+    if isinstance(layer, nn.Linear):
+        base = nn.functional.linear(context, weight.index_select(1, shared), bias)  # (1, out)
+        return torch.addmm(base.to(rows.dtype), rows, weight.index_select(1, own).t())
+    base = torch.einsum("bi,eio->beo", context, weight.index_select(1, shared)) + bias  # (1, E, out)
+    return torch.einsum("bi,eio->beo", rows, weight.index_select(1, own)) + base.to(rows.dtype)

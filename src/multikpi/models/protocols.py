@@ -23,3 +23,15 @@ class SharingArchitecture(Protocol):
     def gate_usage(self) -> dict[str, list[float]]:
         """task -> batch-mean gate weight of each expert in the last forward pass; {} without gates."""
         return {}
+
+    def input_layers(self) -> list[nn.Module]:
+        """The affine layers that read the input vector, each an nn.Linear ((out, in) weight) or a
+        BatchedLinear ((E, in, out) weight); [] when the architecture cannot start from their
+        outputs (then `forward_projected` is never called). A ranking request computes the
+        context's share of these layers once and broadcasts it (MultiTaskModel.forward_request)."""
+        return []
+
+    def forward_projected(self, projected: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The forward pass from the outputs of `input_layers()` on the input, in their order:
+        forward(x) == forward_projected([layer(x) for layer in input_layers()])."""
+        raise TypeError(f"{type(self).__name__} has no input layers to start from")

@@ -43,11 +43,13 @@ class EncodedRequest:
     """categorical: (N, F + B) int64 vocabulary indices (0 = out of vocabulary), the categorical
     columns then the binned dense columns; dense: (N, D) float32 standardized values then missing
     indicators; oov: categorical column -> values sent that are out of vocabulary (a context value
-    counts once)."""
+    counts once); context: (columns of `categorical`, columns of `dense`) that came from the
+    context, the same in every row."""
 
     categorical: np.ndarray
     dense: np.ndarray
     oov: dict[str, int]
+    context: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
 
 
 class ServingEncoder:
@@ -106,7 +108,15 @@ class ServingEncoder:
                 dense[:, self._indicator_at[column]] = missing
             if bins is not None:
                 categorical[:, self._bins_at[column]] = bins
-        return EncodedRequest(categorical, dense, oov)
+        return EncodedRequest(categorical, dense, oov, self._context_columns(tuple(context)))
+
+    def _context_columns(self, context: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The columns of the encoded arrays that the context's features fill (see EncodedRequest)."""
+        categorical = [i for i, c in enumerate(self.categorical) if c in context]
+        categorical += [self._bins_at[c] for c in self.dense if c in context and c in self._bins_at]
+        dense = [i for i, c in enumerate(self.dense) if c in context]
+        dense += [self._indicator_at[c] for c in self.dense if c in context and c in self._indicator_at]
+        return tuple(sorted(categorical)), tuple(sorted(dense))
 
     def _context_code(self, column: str, value: Any) -> int | None:
         """The code of one context value (None: not a plain int or str; the general path decides)."""

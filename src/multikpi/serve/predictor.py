@@ -28,7 +28,7 @@ from multikpi.eval.evaluate import check_finite, estimates
 from multikpi.extras import import_extra
 from multikpi.models.multitask import MultiTaskModel
 from multikpi.models.precision import resolve_device, resolve_precision
-from multikpi.serve.backends import BACKENDS, ModelBackend
+from multikpi.serve.backends import BACKENDS, ContextColumns, ModelBackend
 from multikpi.serve.encoding import ServingEncoder
 from multikpi.serve.request import RankedCandidates, rank_request
 
@@ -120,22 +120,24 @@ class Predictor:
                 logger.warning("warning: %s", warning)
         return self.estimates_of(encoded.categorical, encoded.dense, calibrated)
 
-    def estimates_of(self, categorical: np.ndarray, dense: np.ndarray, calibrated: bool = True
-                     ) -> dict[str, np.ndarray]:
-        """Encoded rows -> task -> (N,) float64 estimates (see `estimates`)."""
-        values = estimates(self.raw_outputs(categorical, dense), self.encoder)
+    def estimates_of(self, categorical: np.ndarray, dense: np.ndarray, calibrated: bool = True,
+                     context: ContextColumns | None = None) -> dict[str, np.ndarray]:
+        """Encoded rows -> task -> (N,) float64 estimates (see `estimates`); `context`: the columns
+        that hold one ranking request's context in every row (TorchBackend)."""
+        values = estimates(self.raw_outputs(categorical, dense, context), self.encoder)
         if calibrated:
             values = apply_calibration(values, self.calibrators, self.calibration)
         return {task: values[task] for task in self.tasks}
 
-    def raw_outputs(self, categorical: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
+    def raw_outputs(self, categorical: np.ndarray, dense: np.ndarray,
+                    context: ContextColumns | None = None) -> dict[str, np.ndarray]:
         """(N, F) int64 and (N, D) float32 encoded rows -> key -> (N,) float32 raw outputs (logits,
         standardized values), through the backend in slices of `serving.batch_size` rows."""
         size = self.serving.batch_size
         parts = []
         for start in range(0, max(categorical.shape[0], 1), size):
             rows = slice(start, min(start + size, categorical.shape[0]))
-            outputs = self.backend.outputs(categorical[rows], dense[rows])
+            outputs = self.backend.outputs(categorical[rows], dense[rows], context)
             check_finite(outputs, rows)  # a corrupt run never yields a NaN estimate (ArtifactError)
             parts.append(outputs)
         if len(parts) == 1:

@@ -101,7 +101,7 @@ def rank_columns(predictor: Predictor, request: CandidateColumns, top_k: Any = N
     top_k = _top_k(top_k, predictor.serving.top_k)
     formula = request_formula(_score_text(score, predictor), tuple(predictor.tasks))
     encoded = predictor.serving_encoder.encode(request.columns, request.rows, request.context)
-    estimates = predictor.estimates_of(encoded.categorical, encoded.dense)
+    estimates = predictor.estimates_of(encoded.categorical, encoded.dense, context=encoded.context)
     scores = formula.evaluate(estimates, rows=request.rows)
     order = request_order(scores)[:top_k]
     return RankedCandidates(order, scores[order], {t: v[order] for t, v in estimates.items()},

@@ -12,6 +12,7 @@ directory to a small JSON file (`ReloadFile`); every other worker polls it and r
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from multikpi.service.schema import Limits, RequestModels, request_models
 
 logger = logging.getLogger("multikpi")
 
+REFREEZE_SECONDS = 2.0  # after a reload swap: longer than any request takes
 SUMMARY_METRICS = ("auc", "logloss", "calibration", "rmse", "mae", "pearson", "count")
 
 
@@ -100,6 +102,20 @@ def _metrics_summary(run_dir: Path | None) -> dict[str, Any]:
     return {"splits": splits, "selection": metrics.selection, "training": metrics.training}
 
 
+def freeze_loaded_objects() -> None:
+    """Move every object alive now (the interpreter, torch, the loaded run) out of the cyclic
+    garbage collector's reach (`gc.freeze`), after collecting what a reload left behind.
+
+    Why: a request allocates thousands of containers (the parsed JSON), which triggers the
+    collector; once in a while that is a full collection over the ~240k objects of a loaded
+    process, 100 ms in the middle of a request (measured: the slowest of 400 in-process
+    1000-candidate requests 104-116 ms with the default collector, 23 ms frozen). Frozen objects
+    are still freed by reference counting; the old model's cycles, if any, are collected first."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ReloadFile:
     """The run directory all workers serve: {"run_dir": ..., "generation": n}, written atomically."""
 
@@ -131,6 +147,7 @@ class ServiceState:
         self.generation = generation
         self._reload_lock = threading.Lock()
         self.metrics.serving(bundle.version, bundle.predictor.backend.name)
+        freeze_loaded_objects()
 
     def reload(self, run_dir: str | None = None, publish: bool = True) -> tuple[Bundle, Bundle]:
         """Load `run_dir` (default: the current run's directory, read anew) and swap it in.
@@ -144,6 +161,10 @@ class ServiceState:
                 self.metrics.reloads.labels("refused").inc()
                 raise ArtifactError(f"reload refused: {err}; still serving version {old.version[:12]}") from None
             self.current = new  # the swap: one reference assignment
+            # once the requests still on the old model have finished: collect it, freeze the new one
+            timer = threading.Timer(REFREEZE_SECONDS, freeze_loaded_objects)
+            timer.daemon = True
+            timer.start()
             self.metrics.reloads.labels("ok").inc()
             self.metrics.serving(new.version, new.predictor.backend.name, previous=old.version)
             if publish and self.reload_file is not None:
