@@ -295,22 +295,28 @@ def test_serving_errors_are_in_the_catalogue():
     assert [i for i in ids if f"`{i}`" not in text] == []
 
 
-def test_the_loaded_run_is_frozen_out_of_the_cyclic_collector(serving_run, serving_run_b):
+def test_the_loaded_run_is_frozen_out_of_the_cyclic_collector(serving_run, serving_run_b, monkeypatch):
     """gc.freeze after loading (and again after a reload, once the old model is collected): a full
     collection over the loaded process never lands in the middle of a request."""
     import gc
 
     from multikpi.service import state as state_module
 
-    app = build_app(ServeSettings(str(serving_run)))
-    try:
+    with state_module.FREEZE_LOCK:  # other tests' reload timers wait
+        app = build_app(ServeSettings(str(serving_run)))
         assert gc.get_freeze_count() > 10_000  # torch, the model, the encoders...
-        state = _state(app)
-        gc.unfreeze()
-        state.reload(str(serving_run_b))
-        deadline = time.monotonic() + 30
-        while gc.get_freeze_count() == 0 and time.monotonic() < deadline:  # the timer re-freezes
-            time.sleep(0.05)
-        assert gc.get_freeze_count() > 10_000 and state_module.REFREEZE_SECONDS <= 5
-    finally:
-        gc.unfreeze()
+    refrozen: list[int] = []
+    freeze = state_module.freeze_loaded_objects
+
+    def recording() -> None:
+        with state_module.FREEZE_LOCK:
+            freeze()
+            refrozen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(state_module, "freeze_loaded_objects", recording)
+    monkeypatch.setattr(state_module, "REFREEZE_SECONDS", 0.05)
+    _state(app).reload(str(serving_run_b))
+    deadline = time.monotonic() + 30
+    while not refrozen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert refrozen and refrozen[0] > 10_000

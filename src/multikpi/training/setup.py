@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -30,6 +31,10 @@ def seed_everything(seed: int, threads: int | None, deterministic: bool = False)
     # memory, measured on the feed benchmark), which a default run never needs.
     if torch.are_deterministic_algorithms_enabled() != deterministic:
         torch.use_deterministic_algorithms(deterministic)
+    if deterministic and "STRICT" not in os.environ.get("MKL_CBWR", "").upper():
+        logger.warning("warning: train.deterministic: MKL's matrix products are bitwise reproducible across "
+                       "processes only with MKL_CBWR=AUTO,STRICT set before torch loads (the multikpi command "
+                       "sets it); without it a resumed run may differ from an uninterrupted one in the last bit")
 
 
 def numeric_bins(config: RunConfig, train_rows: int | None) -> int:
