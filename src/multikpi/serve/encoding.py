@@ -144,7 +144,7 @@ class ServingEncoder:
                 return None
         return matrix
 
-    def _standardize_matrix(self, matrix: np.ndarray) -> list[DenseEncoding] | list[Any]:
+    def _standardize_matrix(self, matrix: np.ndarray) -> list[DenseEncoding]:
         """`standardize` of every dense column at once: the same float64 operations, in one pass
         over the (rows, D) matrix instead of one per column. Infinite values take the per-column
         path, whose error names the column."""
