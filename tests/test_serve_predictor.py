@@ -14,8 +14,7 @@ from multikpi import Predictor
 from multikpi.decide.ranking import rank_groups
 from multikpi.errors import ConfigError, DataError
 from multikpi.serve.ranking import request_order
-
-CONTEXT = ("user_id", "device", "request_id")  # the tiny config's user-side features, and the request id
+from request_fixtures import feed_request
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +25,6 @@ def predictor(serving_run) -> Predictor:
 @pytest.fixture(scope="module")
 def test_table(feed_files) -> pa.Table:
     return pq.read_table(feed_files["test"])
-
-
-def _request(table: pa.Table, request_id: int) -> tuple[dict, list[dict], pa.Table]:
-    """(context, candidates, the request's rows) of one request of the test split; NaN -> null."""
-    rows = table.filter(pa.compute.equal(table.column("request_id"), request_id))
-    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-               for r in rows.to_pylist()]
-    context = {k: records[0][k] for k in CONTEXT}
-    features = ["item_id", "item_category", "position", "price", "item_age_h", "affinity"]
-    return context, [{k: r[k] for k in features} for r in records], rows
 
 
 def test_serving_encoder_equals_feature_encoder_on_whole_splits(predictor, feed_files):
@@ -85,7 +74,7 @@ def test_arrays_as_the_http_fast_path_gives_them_encode_the_same(predictor, feed
 
 
 def test_context_is_broadcast_like_repeated_rows(predictor, test_table):
-    context, candidates, rows = _request(test_table, 3)
+    context, candidates, rows = feed_request(test_table, 3)
     full = [{**context, **c} for c in candidates]
     columns = {f: [r[f] for r in full] for f in predictor.feature_columns()}
     repeated = predictor.serving_encoder.encode(columns, len(full))
@@ -112,7 +101,7 @@ def test_null_and_unseen_ids_are_out_of_vocabulary(predictor, test_table):
 
 
 def test_rank_is_predict_then_the_formula_then_a_stable_sort(predictor, test_table):
-    context, candidates, rows = _request(test_table, 5)
+    context, candidates, rows = feed_request(test_table, 5)
     ranked = predictor.rank({"context": context, "candidates": candidates, "top_k": 4})
     predicted = predictor.predict(rows)
     click, dwell = predicted.column("click").to_numpy(), predicted.column("dwell").to_numpy()
@@ -129,7 +118,7 @@ def test_rank_is_predict_then_the_formula_then_a_stable_sort(predictor, test_tab
 
 
 def test_rank_takes_columns_and_a_request_score(predictor, test_table):
-    context, candidates, rows = _request(test_table, 8)
+    context, candidates, rows = feed_request(test_table, 8)
     columns = {k: [c[k] for c in candidates] for k in candidates[0]}
     by_rows = predictor.rank({"context": context, "candidates": candidates, "score": "convert"})
     by_columns = predictor.rank({"context": context, "candidates": columns, "score": "convert"})
@@ -150,7 +139,7 @@ def test_rank_errors_name_the_field(predictor, test_table, request_, expected):
 
 
 def test_the_first_bad_candidate_is_named(predictor, test_table):
-    context, candidates, _ = _request(test_table, 3)
+    context, candidates, _ = feed_request(test_table, 3)
     with pytest.raises(DataError, match=r"candidates\[1\] has no feature '\w+' \(and the context neither\)"):
         predictor.rank({"context": context, "candidates": [candidates[0], "not an object", candidates[2]]})
     missing = dict(candidates[2])
@@ -161,7 +150,7 @@ def test_the_first_bad_candidate_is_named(predictor, test_table):
 
 
 def test_a_feature_in_context_and_candidates_is_refused(predictor, test_table):
-    context, candidates, _ = _request(test_table, 2)
+    context, candidates, _ = feed_request(test_table, 2)
     candidates[1]["user_id"] = 1
     with pytest.raises(DataError, match=r"feature 'user_id' is in the context and in candidates\[1\]"):
         predictor.rank({"context": context, "candidates": candidates})
@@ -177,7 +166,7 @@ def test_request_order_is_the_ranking_of_one_group():
 
 
 def test_concurrent_callers_get_the_sequential_answers(predictor, test_table):
-    requests = [_request(test_table, r)[:2] for r in range(12)]
+    requests = [feed_request(test_table, r)[:2] for r in range(12)]
     sequential = [predictor.rank({"context": c, "candidates": k}).indices.tolist() for c, k in requests]
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(lambda r: predictor.rank({"context": r[0], "candidates": r[1]}).indices.tolist(),

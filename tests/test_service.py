@@ -3,7 +3,6 @@ names the field (422) and limits (413), OOV counting, /metadata, /predict, /metr
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import threading
@@ -16,9 +15,9 @@ import pytest
 from multikpi import Predictor
 from multikpi.service.schema import Limits
 from multikpi.service.server import ServeSettings, build_app
+from request_fixtures import CANDIDATE_FEATURES, feed_request
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
-FEATURES = ["item_id", "item_category", "position", "price", "item_age_h", "affinity"]
 
 
 def _client(run_dir, limits: Limits | None = None):
@@ -33,11 +32,8 @@ def client(serving_run):
 
 @pytest.fixture(scope="module")
 def request_body(feed_files) -> dict:
-    table = pq.read_table(feed_files["test"])
-    rows = table.filter(pa.compute.equal(table.column("request_id"), 4)).to_pylist()
-    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    return {"context": {"user_id": rows[0]["user_id"], "device": rows[0]["device"], "request_id": 4},
-            "candidates": [{k: r[k] for k in FEATURES} for r in rows]}
+    context, candidates, _ = feed_request(pq.read_table(feed_files["test"]), 4)
+    return {"context": context, "candidates": candidates}
 
 
 def test_rank_answers_what_the_predictor_does(client, serving_run, request_body):
@@ -183,7 +179,7 @@ def test_predict_gives_calibrated_or_raw_estimates(client, serving_run, request_
 def test_openapi_is_generated_from_the_run(client):
     schema = client.get("/openapi.json").json()
     components = schema["components"]["schemas"]
-    assert set(components["Candidate"]["properties"]) >= set(FEATURES)
+    assert set(components["Candidate"]["properties"]) >= set(CANDIDATE_FEATURES)
     assert components["Candidate"]["additionalProperties"] is False
     assert components["RankRequest"]["properties"]["candidates"]["maxItems"] == Limits().max_candidates
     assert schema["paths"]["/rank"]["post"]["requestBody"]["required"] is True

@@ -5,10 +5,8 @@ accepted by the fast path. Hand-picked bodies with one defect each, then hypothe
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +17,9 @@ from multikpi import Predictor
 from multikpi.errors import MultiKPIError
 from multikpi.serve.request import rank_columns
 from multikpi.service.schema import Limits, request_models
+from request_fixtures import CANDIDATE_FEATURES, feed_request
 
 pytest.importorskip("orjson")
-CANDIDATE_FEATURES = ["item_id", "item_category", "position", "price", "item_age_h", "affinity"]
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +34,8 @@ def models(predictor):
 
 @pytest.fixture(scope="module")
 def body(feed_files) -> dict:
-    table = pq.read_table(feed_files["test"])
-    rows = table.filter(pa.compute.equal(table.column("request_id"), 7)).to_pylist()
-    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    return {"context": {"user_id": rows[0]["user_id"], "device": rows[0]["device"], "request_id": 7},
-            "candidates": [{k: r[k] for k in CANDIDATE_FEATURES} for r in rows]}
+    context, candidates, _ = feed_request(pq.read_table(feed_files["test"]), 7)
+    return {"context": context, "candidates": candidates}
 
 
 def _slow(predictor, models, raw: bytes):

@@ -74,6 +74,7 @@ class ServingEncoder:
         self._means = np.array([s["mean"] for s in stats], dtype=np.float64)
         self._stds = np.array([s["std"] for s in stats], dtype=np.float64)
         self._bin_edges = {j: np.asarray(s["bin_edges"]) for j, s in enumerate(stats) if "bin_edges" in s}
+        self._context_layouts: dict[frozenset[str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def encode(self, columns: Mapping[str, Any], rows: int,
                context: Mapping[str, Any] | None = None) -> EncodedRequest:
@@ -111,7 +112,15 @@ class ServingEncoder:
         return EncodedRequest(categorical, dense, oov, self._context_columns(tuple(context)))
 
     def _context_columns(self, context: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The columns of the encoded arrays that the context's features fill (see EncodedRequest)."""
+        """The columns of the encoded arrays that the context's features fill (see EncodedRequest);
+        cached per set of context keys (a server sees the same few)."""
+        key = frozenset(context)
+        cached = self._context_layouts.get(key)
+        if cached is None:
+            cached = self._context_layouts[key] = self._layout_of(key)
+        return cached
+
+    def _layout_of(self, context: frozenset[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         categorical = [i for i, c in enumerate(self.categorical) if c in context]
         categorical += [self._bins_at[c] for c in self.dense if c in context and c in self._bins_at]
         dense = [i for i, c in enumerate(self.dense) if c in context]

@@ -140,5 +140,5 @@ class FastRankParser:
                 return np.array(values, dtype=np.int64)  # OverflowError beyond int64
         except OverflowError:
             return None
-        in_range = all(INT64_MIN <= v <= INT64_MAX for v in values if type(v) is int)
+        in_range = int not in types or all(INT64_MIN <= v <= INT64_MAX for v in values if type(v) is int)
         return list(values) if in_range else None
