@@ -460,6 +460,49 @@ def test_orphaned_temporary_files_are_removed_at_the_next_start(feed_files, tmp_
     assert not orphan.exists()
 
 
+class _Stopped(Exception):
+    pass
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_the_write(tmp_path):
+    """The race CI once hit: SIGINT inside `torch.save` turned into torch's RuntimeError ("unexpected
+    pos"). Deferred, the signal arrives as itself after the file is complete and readable."""
+    import torch
+
+    from multikpi.artifacts.files import write_atomic_with
+
+    class SignalledMidway:  # the file torch.save writes to; the signal lands at its 3rd write
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    def save_interrupted(handle):
+        writer = SignalledMidway(handle)
+        torch.save({"a": torch.zeros(10), "b": torch.arange(1000)}, writer)
+        assert writer.writes > 3  # the save went on after the signal
+
+    def stop(signum, frame):
+        raise _Stopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(_Stopped):
+            write_atomic_with(tmp_path / "checkpoint.pt", save_interrupted)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with open(tmp_path / "checkpoint.pt", "rb") as handle:
+        assert torch.load(handle)["a"].shape == (10,)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
 # --- 10. the command line -------------------------------------------------------------------------------------------------
 
 

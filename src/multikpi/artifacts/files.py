@@ -6,7 +6,10 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,14 +30,47 @@ def write_atomic_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)  # a leftover of this pid: ours to remove
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with signals_deferred():
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back until the block ends, then raised again, once each.
+
+    Why: a KeyboardInterrupt raised inside `torch.save` makes its zip writer's `__exit__` fail with
+    an unrelated RuntimeError ("unexpected pos"), which replaces the interrupt. Held back, the
+    signal arrives as itself after the write, with a complete file on disk. The handlers are
+    swapped rather than the thread's signal mask blocked: the kernel hands a process-wide signal
+    to any thread not blocking it (torch's worker threads), so a mask on this thread holds nothing.
+    Python runs handlers in the main thread only, so elsewhere there is nothing to hold.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in DEFERRED_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler not in (signal.SIG_IGN, None):  # ignored stays ignored; None: set outside Python
+            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for held, handler in previous.items():
+            signal.signal(held, handler)
+        for number in dict.fromkeys(received):
+            signal.raise_signal(number)
 
 
 def write_json(path: Path, payload: Any) -> None:
