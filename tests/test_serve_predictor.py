@@ -73,6 +73,24 @@ def test_arrays_as_the_http_fast_path_gives_them_encode_the_same(predictor, feed
         predictor.serving_encoder.encode(broken, table.num_rows)
 
 
+@pytest.mark.parametrize("vocab_size,rows", [(10, 1000), (5000, 10), (5000, 1000), (120_000, 3000)])
+def test_vocabulary_search_equals_a_dictionary(vocab_size, rows):
+    """Both ways `_search` looks ids up (in request order; sorted first, for large vocabularies
+    and requests) give a dictionary's answer: index + 1, 0 for absent ids and nulls."""
+    from multikpi.serve.encoding import ServingEncoder
+
+    rng = np.random.default_rng(vocab_size + rows)
+    vocab = np.unique(rng.integers(-(2**62), 2**62, vocab_size))
+    values = np.concatenate([rng.choice(vocab, rows - rows // 4), rng.integers(-(2**62), 2**62, rows // 4),
+                             vocab[[0, -1]], [np.iinfo(np.int64).min, np.iinfo(np.int64).max]])
+    rng.shuffle(values)
+    nulls = rng.random(values.size) < 0.05
+    lookup = {int(v): i + 1 for i, v in enumerate(vocab)}
+    expected = np.array([lookup.get(int(v), 0) for v in values])
+    assert np.array_equal(ServingEncoder._search(vocab, values), expected)
+    assert np.array_equal(ServingEncoder._search(vocab, values, nulls), np.where(nulls, 0, expected))
+
+
 def test_context_is_broadcast_like_repeated_rows(predictor, test_table):
     context, candidates, rows = feed_request(test_table, 3)
     full = [{**context, **c} for c in candidates]

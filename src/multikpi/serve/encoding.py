@@ -36,6 +36,8 @@ from multikpi.errors import DataError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 LARGE = 50_000  # rows of a string column above which the vocabulary is hashed per call instead
+SORTED_SEARCH_VOCAB = 4096  # vocabulary entries above which (and ...
+SORTED_SEARCH_ROWS = 64  # ... values from which) values are searched in sorted order (`_search`)
 
 
 @dataclass(frozen=True)
@@ -224,11 +226,19 @@ class ServingEncoder:
         """Index + 1 of each value in the sorted `vocab`, 0 where absent or null."""
         if vocab.size == 0:
             return np.zeros(len(values), dtype=np.int64)
-        at = np.minimum(np.searchsorted(vocab, values), vocab.size - 1)
+        if vocab.size > SORTED_SEARCH_VOCAB and values.size >= SORTED_SEARCH_ROWS:
+            # the values searched in increasing order walk neighbouring paths of the binary search,
+            # which stay in cache: 14 lookups of 1000 candidates, 1.0 -> 0.8 ms (vocabularies to 110k)
+            order = np.argsort(values)
+            at = np.empty_like(order)
+            at[order] = np.searchsorted(vocab, values[order])
+        else:
+            at = np.searchsorted(vocab, values)
+        at = np.minimum(at, vocab.size - 1)
         found = vocab[at] == values
         if nulls is not None:
             found &= ~nulls
-        return np.where(found, at + 1, 0).astype(np.int64)
+        return np.where(found, at + 1, 0).astype(np.int64, copy=False)
 
     def _lookup(self, column: str) -> dict[Any, int]:
         lookup = self._dicts.get(column)

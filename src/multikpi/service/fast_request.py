@@ -102,13 +102,15 @@ class FastRankParser:
         model accepts."""
         if set(map(type, candidates)) != {dict}:
             return None
-        keys: set[str] = set().union(*candidates)
-        if not keys.issubset(self.fields) or not keys.isdisjoint(context):
-            return None
         wanted = [f for f in self.features if f not in context]
         try:  # one C-level call per candidate, then a transpose
             picked = list(map(operator.itemgetter(*wanted), candidates)) if wanted else []
         except KeyError:
+            return None
+        # every candidate has all of `wanted`; with no more keys than that, it has exactly those (the
+        # usual request), which are fields and not in the context: the union of keys is not needed
+        keys: set[str] = set(wanted) if set(map(len, candidates)) == {len(wanted)} else set().union(*candidates)
+        if not keys.issubset(self.fields) or not keys.isdisjoint(context):
             return None
         values = [tuple(picked)] if len(wanted) == 1 else list(zip(*picked))
         columns = {name: self.column(name, column) for name, column in zip(wanted, values)}
