@@ -60,6 +60,11 @@ def test_serve_latency_table_reports_ratios_and_targets(tmp_path):
     assert "| multikpi-onnx | 100 | 1 | 1.00 | 2.00 | 1,000 | 100,000 | 8.0x faster |" in text
     assert "p99 at N = 100: 2.00 ms (met: ≤ 5 ms, multikpi-onnx)" in text
     assert "p99 at N = 1000: 20.00 ms (met" in text and "throughput: 100,000 candidates/s (met" in text
+    assert "own tail" not in text  # results of before the noise probe
+    results["noise"] = [{"p50_ms": 10.0, "p99_ms": 16.0, "ratio": 1.6}, {"p50_ms": 11.0, "p99_ms": 22.0, "ratio": 2.0}]
+    noted = script.markdown(results)
+    assert "p50 10.00 / p99 16.00 ms before the servers (p99/p50 1.60)" in noted
+    assert "a p99 of 20 ms needs a p50 of 10.0 ms" in noted  # at the worse of the two ratios
     doc = tmp_path / "serving.md"
     doc.write_text(f"# Serving\n\nintro\n\n{script.BEGIN}\nold\n{script.END}\n\n## after\n")
     script.write_doc(doc, text)
