@@ -65,6 +65,6 @@ def export(args: argparse.Namespace) -> None:
     checked = (f"{report.rows_checked:,} {report.split} rows and {report.requests_checked:,} requests"
                if report.split else "a probe batch (the run's test/valid file is not there)")
     print(f"parity with PyTorch (fp32) on {checked}: max abs difference {report.max_abs_diff:.2g} "
-          f"(rtol {RTOL:g}, atol {ATOL:g}), same top-k")
+          f"(rtol {RTOL:g}, atol {ATOL:g} x each output's largest magnitude), same top-k")
     print(f"wrote {report.path} ({report.size_bytes / 2**20:.1f} MiB; inputs categorical int64, dense float32; "
           f"outputs {', '.join(report.outputs)})")
