@@ -61,6 +61,19 @@ def test_the_decision_is_cached_per_kind_and_logged(timings, caplog, tmp_path):
     assert all(f"torch {torch.__version__}" in key for key in cache)
 
 
+def test_a_probe_stopped_early_reads_slower_by_far_also_from_the_cache(timings, caplog):
+    seconds, calls = timings
+    seconds["bf16"] = float("inf")  # what _time_both returns without native bf16
+    model = _model()
+    with caplog.at_level(logging.INFO, logger="multikpi"):
+        for _ in range(2):  # measured, then cached
+            assert precision.resolve_precision("auto", torch.device("cpu"), model, 512, "infer") is None
+    assert len(calls) == 1
+    assert "bf16 slower by far -> fp32" in caplog.text
+    assert "(cached probe: fp32 1000.00 ms, bf16 slower by far)" in caplog.text
+    assert "1000000000" not in caplog.text
+
+
 def test_forced_precisions_never_probe(timings):
     _, calls = timings
     assert precision.resolve_precision("fp32", torch.device("cpu"), _model()) is None

@@ -32,6 +32,7 @@ MARGIN = 0.85  # bf16 must take at most this share of the fp32 time
 PROBE_SECONDS = 0.2  # per precision, about
 PROBE_ROWS = 1024
 PROBE_VALUES = 1 << 22
+SLOWER_BY_FAR_MS = 1e9  # what the cache holds for a bf16 probe stopped early (JSON has no inf)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,8 +79,8 @@ def probe_bf16(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> boo
     cache = _read_cache()
     if key in cache:
         entry = cache[key]
-        logger.info("precision auto (%s): %s (cached probe: fp32 %.2f ms, bf16 %.2f ms)", kind,
-                    "bf16" if entry["bf16"] else "fp32", entry["fp32_ms"], entry["bf16_ms"])
+        logger.info("precision auto (%s): %s (cached probe: fp32 %.2f ms, bf16 %s)", kind,
+                    "bf16" if entry["bf16"] else "fp32", entry["fp32_ms"], _bf16_text(entry["bf16_ms"]))
         return bool(entry["bf16"])
     # The ratio, not the time, decides: a smaller batch keeps the probe short, and its activations
     # (rows x the widest layer) at most PROBE_VALUES, whatever the model's widths.
@@ -88,11 +89,16 @@ def probe_bf16(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> boo
     fp32, bf16 = _time_both(shapes, rows, kind)
     choice = bf16 < MARGIN * fp32
     logger.info("precision auto (%s): measured the model's GEMMs at batch %d: fp32 %.2f ms, bf16 %s -> %s",
-                kind, rows, 1000 * fp32, f"{1000 * bf16:.2f} ms" if bf16 < float("inf") else "slower by far",
+                kind, rows, 1000 * fp32, _bf16_text(1000 * bf16),
                 "bf16 autocast" if choice else "fp32")
-    cache[key] = {"bf16": choice, "fp32_ms": 1000 * fp32, "bf16_ms": min(1000 * bf16, 1e9)}
+    cache[key] = {"bf16": choice, "fp32_ms": 1000 * fp32, "bf16_ms": min(1000 * bf16, SLOWER_BY_FAR_MS)}
     _write_cache(cache)
     return choice
+
+
+def _bf16_text(milliseconds: float) -> str:
+    """'3.10 ms', or 'slower by far' for a probe stopped early (no native bf16; cached as SLOWER_BY_FAR_MS)."""
+    return "slower by far" if milliseconds >= SLOWER_BY_FAR_MS else f"{milliseconds:.2f} ms"
 
 
 def _time_both(shapes: list[tuple[int, int, int]], batch: int, kind: str) -> tuple[float, float]:
