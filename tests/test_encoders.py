@@ -589,6 +589,21 @@ def test_a_missing_column_suggests_the_closest_one(tmp_path):
         read_table(path, ["clothing_id"])
 
 
+def test_many_missing_columns_list_the_file_s_columns_instead_of_guesses(tmp_path):
+    """A file cut to its first columns (Ali-CCP's numeric names): 'did you mean 101 for 109_14'
+    for each of 20 names misleads; the message lists what the file has."""
+    path = tmp_path / "cut.csv"
+    path.write_text("click,101,121,122\n0,1,2,3\n")
+    wanted = ["101", "129", "205", "206", "109_14"]
+    with pytest.raises(DataError) as err:
+        read_table(path, wanted)
+    assert "did you mean" not in str(err.value)
+    assert str(err.value).endswith("has no column(s) ['129', '205', '206', '109_14']; it has "
+                                   "['click', '101', '121', '122']")
+    with pytest.raises(DataError, match=r"did you mean '122' for '129'\?"):  # one missing: likely a typo
+        read_table(path, ["101", "129"])
+
+
 def test_a_numeric_column_name_read_by_yaml_as_a_number_says_to_quote_it(tmp_path):
     from multikpi.config import config_from_dict
     from multikpi.config.yaml_loader import load_yaml

@@ -111,24 +111,31 @@ def _check_file(path: Path, fmt: str, columns: list[str] | None) -> None:
             raise DataError(missing_columns_message(str(path), missing, names))
 
 
+MAX_TYPO_HINTS = 3  # missing columns up to which each gets a 'did you mean'
+
+
 def missing_columns_message(source: str, missing: list[str], names: list[str]) -> str:
     """"data file 'x.csv' has no column(s) [...]" with, per missing name, the closest existing
     one, or a note that YAML read an unquoted numeric name (109_14) as a number (10914)."""
     if len(names) == 1 and len(missing) > 1:
         return (f"data file {source!r} has no column(s) {missing}: its header is one field "
                 f"({names[0][:60]!r}); is it delimited by something other than , ; tab or |?")
-    hints = [_column_hint(name, names) for name in missing]
+    # a few missing names are likely typos; many are a file without them, where close names mislead
+    typos = len(missing) <= MAX_TYPO_HINTS
+    hints = [_column_hint(name, names, typos) for name in missing]
     listed = names if len(names) <= 30 else names[:30] + [f"... {len(names) - 30} more"]
     text = f"data file {source!r} has no column(s) {missing}"
     found = [h for h in hints if h]
     return f"{text}; {'; '.join(found)}" if found else f"{text}; it has {listed}"
 
 
-def _column_hint(name: str, names: list[str]) -> str:
+def _column_hint(name: str, names: list[str], typos: bool = True) -> str:
     as_yaml = [n for n in names if _yaml_scalar_text(n) == name and n != name]
     if as_yaml:
         return (f"YAML read the unquoted name {as_yaml[0]} as the number {name}: quote numeric column names "
                 f"(\"{as_yaml[0]}\")")
+    if not typos:
+        return ""
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     if not close:  # a case or spacing slip: 'clothing id' for 'Clothing ID'
         folded = {" ".join(n.lower().replace("_", " ").split()): n for n in names}
