@@ -604,6 +604,22 @@ def test_many_missing_columns_list_the_file_s_columns_instead_of_guesses(tmp_pat
         read_table(path, ["101", "129"])
 
 
+def test_quoted_values_with_line_breaks_are_read_as_one_value(tmp_path):
+    """Review texts hold line breaks inside quotes; Arrow's default chunker refuses such a file
+    ("got out of sync with chunker") once it spans several blocks."""
+    import csv
+
+    path = tmp_path / "reviews.csv"
+    texts = [f"line one of {i}\nline two, with a comma\n\nand \"quotes\"" for i in range(30_000)]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Review Text", "Rating"])
+        writer.writerows((t, i % 5) for i, t in enumerate(texts))
+    table = read_table(path, ["Review Text", "Rating"])
+    assert table.column("Review Text").to_pylist() == texts
+    assert table.column("Rating").to_pylist() == [i % 5 for i in range(30_000)]
+
+
 def test_a_numeric_column_name_read_by_yaml_as_a_number_says_to_quote_it(tmp_path):
     from multikpi.config import config_from_dict
     from multikpi.config.yaml_loader import load_yaml
