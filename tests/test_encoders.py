@@ -131,8 +131,23 @@ def test_categorical_ids_of_incompatible_type_raise():
 def test_float_categorical_column_raises():
     config = make_config()
     table = pa.table({"user": [1.5, 2.5], "x": [1.0, 2.0], "click": [0, 1]})
-    with pytest.raises(DataError, match=r"categorical column 'user' must hold integer or string ids\. Got type double"):
+    with pytest.raises(DataError, match=r"categorical column 'user' must hold integer, string or boolean "
+                                        r"ids\. Got type double"):
         FeatureEncoder.fit(table, *encoder_specs(config))
+
+
+def test_a_boolean_categorical_column_is_the_ids_0_and_1():
+    """pandas' bool flags (is_weekend) as categorical ids: booleans and 0/1 integers encode alike,
+    in training and at prediction, and a null is out of vocabulary."""
+    config = make_config()
+    flags = [True, False, True, True, False, True]
+    train = pa.table({"user": flags, "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "click": [1, 0, 1, 1, 0, 0]})
+    encoder = FeatureEncoder.fit(train, *encoder_specs(config))
+    assert encoder.vocabs["user"].to_pylist() == [0, 1]
+    as_bools = encoder.encode(pa.table({"user": pa.array([True, False, None]), "x": [1.0, 1.0, 1.0], "click": [0, 1, 0]}))
+    as_ints = encoder.encode(pa.table({"user": pa.array([1, 0, None]), "x": [1.0, 1.0, 1.0], "click": [0, 1, 0]}))
+    np.testing.assert_array_equal(as_bools.categorical[:, 0], [2, 1, 0])
+    np.testing.assert_array_equal(as_ints.categorical, as_bools.categorical)
 
 
 # --- dense -----------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ DATA_CASES = [
     ("data-string-in-numeric", _string_in_numeric, r"dense column 'price' must be numeric. Got type string"),
     ("data-csv-encoding", _csv_encoding, r"latin.csv.*not valid UTF-8"),
     ("data-bad-suffix", _bad_suffix, r"data file '.*data.xlsx': the name must end in one of .parquet"),
-    ("data-float-ids", _float_ids, r"categorical column 'item_id' must hold integer or string ids. Got type double"),
+    ("data-float-ids", _float_ids, r"categorical column 'item_id' must hold integer, string or boolean ids. Got type double"),
 ]
 
 

@@ -114,7 +114,8 @@ def test_null_and_unseen_ids_are_out_of_vocabulary(predictor, test_table):
         one = test_table.slice(0, 1)
         predictor.encoder.encode(one.set_column(one.column_names.index("item_id"), "item_id", pa.array(["x"])),
                                  with_labels=False)
-    with pytest.raises(DataError, match=r"categorical column 'item_id' must hold integer or string ids. Got type double"):
+    with pytest.raises(DataError, match=r"categorical column 'item_id' must hold integer, string or boolean ids. "
+                                        r"Got type double"):
         predictor.serving_encoder.codes("item_id", pa.chunked_array([pa.array([1.5])]))
 
 

@@ -28,9 +28,14 @@ from multikpi.errors import DataError
 
 
 def check_id_type(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """`column` as integer or string ids: dictionary-encoded columns (pandas' `category`) decoded,
+    booleans (pandas' `bool`, a flag such as is_weekend) as the integers 0 and 1."""
+    if pa.types.is_boolean(column.type):
+        return column.cast(pa.int8())
     if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
             or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type)):
-        raise DataError(f"categorical column {name!r} must hold integer or string ids. Got type {column.type}")
+        raise DataError(f"categorical column {name!r} must hold integer, string or boolean ids. Got type "
+                        f"{column.type}")
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     return column
@@ -78,7 +83,7 @@ def top_frequent(values: pa.Array, frequency: np.ndarray, min_frequency: int, ma
 def _id_kind(type_: pa.DataType) -> str:
     if pa.types.is_dictionary(type_):
         return _id_kind(type_.value_type)
-    if pa.types.is_integer(type_):
+    if pa.types.is_integer(type_) or pa.types.is_boolean(type_):  # booleans are the ids 0 and 1
         return "integer"
     if pa.types.is_string(type_) or pa.types.is_large_string(type_):
         return "string"
