@@ -29,9 +29,10 @@ from multikpi.errors import DataError
 
 def check_id_type(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     """`column` as integer or string ids: dictionary-encoded columns (pandas' `category`) decoded,
-    booleans (pandas' `bool`, a flag such as is_weekend) as the integers 0 and 1."""
+    booleans (pandas' `bool`, a flag such as is_weekend) as the int64 ids 0 and 1, the id type the
+    serving encoder's fast paths take."""
     if pa.types.is_boolean(column.type):
-        return column.cast(pa.int8())
+        return column.cast(pa.int64())
     if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
             or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type)):
         raise DataError(f"categorical column {name!r} must hold integer, string or boolean ids. Got type "

@@ -91,7 +91,7 @@ def _column_names(path: Path, fmt: str) -> list[str]:
             return pq.read_schema(path).names
         options = pacsv.ReadOptions(block_size=1 << 16)
         with pacsv.open_csv(path, read_options=options, parse_options=_parse_options(path)) as reader:
-            return list(reader.schema.names)
+            return reader.schema.names
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
         raise DataError(f"data file {str(path)!r} is not readable {fmt}: {_first_line(err)}") from None
 

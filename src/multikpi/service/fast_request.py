@@ -30,10 +30,10 @@ import orjson
 import pyarrow as pa
 
 from multikpi.formula import MAX_LENGTH
+from multikpi.serve.encoding import INT64_MAX, INT64_MIN
 from multikpi.serve.predictor import Predictor
 from multikpi.serve.request import CandidateColumns
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 REQUEST_KEYS = frozenset({"context", "candidates", "top_k", "score"})
 # field kind -> the Python types (after JSON parsing) its values may have, null aside
 KIND_TYPES: dict[str, frozenset[type]] = {

@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, creat
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict on Python < 3.12
 
 from multikpi.formula import MAX_LENGTH
+from multikpi.serve.encoding import INT64_MAX, INT64_MIN
 from multikpi.serve.predictor import Predictor
 from multikpi.service.fast_request import FastRankParser
 
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
 IdValue = Int64 | StrictStr | None
 
 
