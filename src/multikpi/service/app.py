@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -75,9 +76,11 @@ def create_app(state: ServiceState, admin_token: str | None = None, follow: bool
         return Response(predict_json(bundle, body), media_type="application/json")
 
     @app.get("/health", summary="Liveness and the version served")
-    async def health() -> dict[str, str]:
+    async def health() -> dict[str, str | int]:
         bundle = state.current
-        return {"status": "ok", "version": bundle.version, "backend": bundle.predictor.backend.name}
+        # the worker's pid: with --workers N, which process answered (each reloads on its own)
+        return {"status": "ok", "version": bundle.version, "backend": bundle.predictor.backend.name,
+                "pid": os.getpid()}
 
     @app.get("/metadata", summary="Tasks, features, formula, version and metrics of the run served")
     async def metadata() -> Response:
